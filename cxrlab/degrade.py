@@ -1,0 +1,510 @@
+"""Image degradations for chapter 4: what survives when the picture is spoiled?
+
+Gichoya et al. 2022 (Lancet Digital Health 4:e406) filtered, shrank, blurred, clipped and cut
+up chest X-rays and found that race recognition survives long after a radiologist sees nothing.
+This module provides those degradations as small functions and as torchvision-style callable
+transforms (plug them into ``CXRDataset(..., transform=...)`` or ``train.predict(...,
+transform=...)``).
+
+Inputs. Every function takes a numpy array or a torch tensor whose last two axes are the image:
+``(H, W)``, ``(1, H, W)`` or ``(N, 1, H, W)``. It returns the same type, shape, dtype and (for
+tensors) device. Float images are taken to be in [0, 1]; uint8 images are scaled to [0, 1],
+degraded, then rounded and clipped back to uint8 (so the negative half of a high-pass image is
+lost: prefer float).
+
+Size convention. The paper worked on 224-px images: a Fourier radius ``d`` or a blur ``sigma``
+is given on that grid and rescaled to the image at hand by ``size / 224`` (``reference_size``).
+For the Fourier filters this keeps the same *fraction of the spectrum* (d = 112 is the Nyquist
+frequency along an axis whatever the size; d > 112 * sqrt(2) ~ 158 is beyond every frequency),
+so the paper's whole d axis (1-200) maps onto a 64-px demo image. Pass ``reference_size=None``
+to read ``d`` in the image's own frequency units instead (cycles per image along each axis,
+which is what stays physically the same when an image is resampled). For the blur both readings
+agree: sigma pixels at 224 px are ``sigma * size / 224`` pixels at ``size``.
+
+>>> import numpy as np
+>>> x = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+>>> low, high = low_pass(x, 25), high_pass(x, 25)
+>>> bool(np.allclose(low + high, x, atol=1e-5))
+True
+>>> HighPass(100)
+HighPass(d=100)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REFERENCE_SIZE = 224
+GRID = 3
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+
+# --------------------------------------------------------------------------- input handling
+def _as_float_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``x`` as a float tensor (float64 stays float64), uint8 scaled to [0, 1]."""
+    if x.ndim < 2:
+        raise ValueError(f"expected an image with at least 2 dimensions (H, W), got shape {tuple(x.shape)}")
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    if t.dtype == torch.uint8:
+        return t.float() / 255.0
+    if not t.is_floating_point():
+        raise TypeError(f"expected a float or uint8 image, got dtype {t.dtype}")
+    return t
+
+
+def _restore(out: torch.Tensor, like: np.ndarray | torch.Tensor) -> Any:
+    """Return ``out`` as the same kind of object (type, dtype, device) as ``like``."""
+    uint8 = like.dtype == np.uint8 if isinstance(like, np.ndarray) else like.dtype == torch.uint8
+    if uint8:
+        out = (out.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    if isinstance(like, np.ndarray):
+        result = out.detach().cpu().numpy()
+        return result if uint8 else result.astype(like.dtype, copy=False)
+    return out if uint8 else out.to(like.dtype)
+
+
+def _as_4d(t: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    """Reshape ``(..., H, W)`` to ``(B, 1, H, W)`` for conv/interpolate; return the old shape."""
+    return t.reshape(-1, 1, *t.shape[-2:]), t.shape
+
+
+# --------------------------------------------------------------------------- Fourier filters
+def scaled_length(value: float, size: int, reference_size: int | None = REFERENCE_SIZE) -> float:
+    """A length given on the ``reference_size`` grid, in pixels of a ``size``-px image.
+
+    >>> scaled_length(2.0, 64)      # a 2-px blur at 224 px is 0.57 px at 64 px
+    0.5714285714285714
+    """
+    return float(value) if reference_size is None else float(value) * size / reference_size
+
+
+def frequency_radius(h: int, w: int, reference_size: int | None = REFERENCE_SIZE) -> torch.Tensor:
+    """Distance of each FFT coefficient from zero frequency, in units of the reference grid.
+
+    The result is laid out like ``torch.fft.fft2``'s output (no shift). With the default
+    ``reference_size=224``, an axis frequency of ``k`` cycles per image on an ``h``-px image is
+    reported as ``k * 224 / h``; with ``None`` it is reported as ``k`` (cycles per image).
+
+    >>> frequency_radius(4, 4, None)[0].tolist()
+    [0.0, 1.0, 2.0, 1.0]
+    """
+    fy = torch.fft.fftfreq(h, dtype=torch.float64) * (reference_size or h)
+    fx = torch.fft.fftfreq(w, dtype=torch.float64) * (reference_size or w)
+    # fftfreq puts the Nyquist bin at -n/2; its distance is the same as +n/2, so masks stay
+    # Hermitian-symmetric and the filtered image is real.
+    return torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+
+
+def fft_mask(h: int, w: int, kind: str, d: float, d_high: float | None = None,
+             reference_size: int | None = REFERENCE_SIZE) -> torch.Tensor:
+    """Boolean mask of the Fourier coefficients a filter keeps.
+
+    ``kind``: ``"low"`` keeps radius <= d; ``"high"`` keeps radius > d (so low + high is the
+    whole spectrum); ``"band"`` keeps d < radius <= d_high; ``"notch"`` removes that band.
+    """
+    r = frequency_radius(h, w, reference_size)
+    if kind == "low":
+        return r <= d
+    if kind == "high":
+        return r > d
+    if d_high is None:
+        raise ValueError(f"a {kind!r} filter needs d_high (the outer radius)")
+    if d_high < d:
+        raise ValueError(f"the outer radius d_high={d_high} must be >= the inner radius d={d}")
+    band = (r > d) & (r <= d_high)
+    if kind == "band":
+        return band
+    if kind == "notch":
+        return ~band
+    raise ValueError(f"unknown filter kind {kind!r}; choose low, high, band or notch")
+
+
+def apply_fft_mask(x: Array, mask: torch.Tensor) -> Array:
+    """Keep only the Fourier coefficients where ``mask`` is True (unshifted layout)."""
+    t = _as_float_tensor(x)
+    if tuple(mask.shape) != tuple(t.shape[-2:]):
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match image shape {tuple(t.shape[-2:])}")
+    spectrum = torch.fft.fft2(t)
+    out = torch.fft.ifft2(spectrum * mask.to(t.device)).real
+    return _restore(out, x)
+
+
+def _fft_filter(x: Array, kind: str, d: float, d_high: float | None,
+                reference_size: int | None) -> Array:
+    h, w = x.shape[-2:]
+    return apply_fft_mask(x, fft_mask(h, w, kind, d, d_high, reference_size))
+
+
+def low_pass(x: Array, d: float, reference_size: int | None = REFERENCE_SIZE) -> Array:
+    """Keep Fourier frequencies within radius ``d`` (on the 224-px grid): a blur with ringing.
+
+    >>> img = np.full((8, 8), 0.5); float(low_pass(img, 0).mean())   # d=0 keeps only the mean
+    0.5
+    """
+    return _fft_filter(x, "low", d, None, reference_size)
+
+
+def high_pass(x: Array, d: float, reference_size: int | None = REFERENCE_SIZE) -> Array:
+    """Remove Fourier frequencies within radius ``d`` (on the 224-px grid): edges and texture only.
+
+    The output has zero mean (the DC term is always removed) and is not clipped to [0, 1].
+
+    >>> img = np.full((8, 8), 0.5); float(abs(high_pass(img, 0)).max()) < 1e-12
+    True
+    """
+    return _fft_filter(x, "high", d, None, reference_size)
+
+
+def band_pass(x: Array, d_low: float, d_high: float, reference_size: int | None = REFERENCE_SIZE) -> Array:
+    """Keep only frequencies with ``d_low < radius <= d_high`` (224-px grid)."""
+    return _fft_filter(x, "band", d_low, d_high, reference_size)
+
+
+def notch(x: Array, d_low: float, d_high: float, reference_size: int | None = REFERENCE_SIZE) -> Array:
+    """Remove the ring of frequencies ``d_low < radius <= d_high`` (224-px grid), keep the rest."""
+    return _fft_filter(x, "notch", d_low, d_high, reference_size)
+
+
+def log_spectrum(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``log(1 + |FFT|)`` of an image, centred (zero frequency in the middle), as numpy ``(H, W)``.
+
+    For a batch, the first image is used. This is what the chapter's figures and widget show.
+    """
+    t = _as_float_tensor(x).detach().cpu().to(torch.float64)
+    t = t.reshape(-1, *t.shape[-2:])[0]
+    return torch.log1p(torch.fft.fftshift(torch.fft.fft2(t)).abs()).numpy()
+
+
+def spectral_energy(x: np.ndarray | torch.Tensor) -> float:
+    """Energy of an image computed in the Fourier domain, ``sum |FFT|^2 / (H W)``.
+
+    By Parseval's theorem this equals ``sum x**2`` (a check the tests make).
+    """
+    t = _as_float_tensor(x).to(torch.float64)
+    h, w = t.shape[-2:]
+    return float((torch.fft.fft2(t).abs() ** 2).sum() / (h * w))
+
+
+# --------------------------------------------------------------------------- resolution, noise, blur
+def downsample(x: Array, k: int) -> Array:
+    """Shrink to ``k`` x ``k`` pixels (area averaging) and enlarge back (bilinear) to the input size.
+
+    Sizes at or above the image's size leave it unchanged.
+
+    >>> downsample(np.zeros((1, 64, 64), np.float32), 8).shape
+    (1, 64, 64)
+    """
+    if k < 1:
+        raise ValueError(f"downsample size k must be a positive number of pixels, got {k}")
+    t = _as_float_tensor(x)
+    h, w = t.shape[-2:]
+    if k >= max(h, w):
+        return _restore(t.clone(), x)
+    flat, shape = _as_4d(t)
+    small = F.interpolate(flat, size=(k, k), mode="area")
+    back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return _restore(back.reshape(shape), x)
+
+
+def gaussian_noise(x: Array, sigma: float, seed: int | None = None, clip: bool = True,
+                   generator: torch.Generator | None = None) -> Array:
+    """Add zero-mean Gaussian noise of standard deviation ``sigma`` (intensity units, image in [0, 1]).
+
+    ``seed`` (or a ``generator``) makes the noise reproducible; ``clip`` keeps the result in [0, 1].
+    The paper's test-time corruption used sigma 0.1 (Gichoya et al. 2022, public code).
+    """
+    if sigma < 0:
+        raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+    t = _as_float_tensor(x)
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
+    out = t + sigma * noise
+    return _restore(out.clamp(0.0, 1.0) if clip else out, x)
+
+
+def gaussian_kernel1d(sigma_px: float) -> torch.Tensor:
+    """A normalised 1-D Gaussian kernel of standard deviation ``sigma_px`` pixels (radius 3 sigma)."""
+    radius = max(1, int(math.ceil(3.0 * sigma_px)))
+    grid = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (grid / sigma_px) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(x: Array, sigma: float, reference_size: int | None = REFERENCE_SIZE) -> Array:
+    """Blur with a Gaussian of ``sigma`` pixels on the 224-px grid (``sigma * size / 224`` here).
+
+    Borders are reflected. ``sigma=0`` returns the image unchanged. The paper's test-time blur
+    used sigma 2 px at 224 px (Gichoya et al. 2022, public code).
+    """
+    if sigma < 0:
+        raise ValueError(f"blur sigma must be >= 0, got {sigma}")
+    t = _as_float_tensor(x)
+    h, w = t.shape[-2:]
+    sigma_px = scaled_length(sigma, min(h, w), reference_size)
+    if sigma_px < 1e-6:
+        return _restore(t.clone(), x)
+    kernel = gaussian_kernel1d(sigma_px).to(t.dtype).to(t.device)
+    radius = len(kernel) // 2
+    flat, shape = _as_4d(t)
+    mode = "reflect" if radius < min(h, w) else "replicate"
+    out = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
+    return _restore(out.reshape(shape), x)
+
+
+# --------------------------------------------------------------------------- intensity
+def clip_bright(x: Array, quantile: float | None = None, threshold: float | None = None) -> Array:
+    """Clip bright pixels (bone) to a ceiling: the paper's bone-density experiment.
+
+    Give either ``quantile`` (per image: pixels above that image's quantile are set to it) or an
+    absolute ``threshold`` in [0, 1]. Gichoya et al. 2022 clipped bright pixels to remove bone
+    density and still found Black AUC 0.960 (MIMIC-CXR).
+
+    >>> clip_bright(np.array([[0.1, 0.9]]), threshold=0.5).tolist()
+    [[0.1, 0.5]]
+    """
+    if (quantile is None) == (threshold is None):
+        raise ValueError("give exactly one of quantile= or threshold=")
+    t = _as_float_tensor(x)
+    if threshold is not None:
+        return _restore(t.clamp(max=float(threshold)), x)
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    flat = t.reshape(-1, t.shape[-2] * t.shape[-1])
+    work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    ceiling = torch.quantile(work, float(quantile), dim=1, keepdim=True).to(t.dtype)
+    return _restore(torch.minimum(flat, ceiling).reshape(t.shape), x)
+
+
+# --------------------------------------------------------------------------- regions
+def tile_bounds(h: int, w: int, tile: int | tuple[int, int], grid: int = GRID) -> tuple[slice, slice]:
+    """Row and column slices of one tile of a ``grid`` x ``grid`` partition (row-major index 0..8).
+
+    Boundaries are ``round(i * h / grid)`` so the tiles cover the image exactly once.
+
+    >>> tile_bounds(64, 64, 4)
+    (slice(21, 43, None), slice(21, 43, None))
+    """
+    row, col = divmod(int(tile), grid) if isinstance(tile, (int, np.integer)) else tile
+    if not (0 <= row < grid and 0 <= col < grid):
+        raise ValueError(f"tile {tile} is outside a {grid}x{grid} grid")
+    edges_h = [round(i * h / grid) for i in range(grid + 1)]
+    edges_w = [round(i * w / grid) for i in range(grid + 1)]
+    return slice(edges_h[row], edges_h[row + 1]), slice(edges_w[col], edges_w[col + 1])
+
+
+def tile_mask(h: int, w: int, tile: int | tuple[int, int], grid: int = GRID) -> np.ndarray:
+    """Boolean ``(H, W)`` mask that is True on one tile."""
+    mask = np.zeros((h, w), dtype=bool)
+    mask[tile_bounds(h, w, tile, grid)] = True
+    return mask
+
+
+def keep_region(x: Array, mask: np.ndarray | torch.Tensor, fill: float = 0.0) -> Array:
+    """Keep pixels where ``mask`` is True and set the rest to ``fill``.
+
+    ``mask`` is ``(H, W)`` (same for every image) or one mask per image, matching ``x``'s
+    leading axes (e.g. ``(N, H, W)`` for ``x`` of shape ``(N, 1, H, W)``).
+    """
+    t = _as_float_tensor(x)
+    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).to(t.device).bool()
+    if tuple(m.shape[-2:]) != tuple(t.shape[-2:]):
+        raise ValueError(f"mask shape {tuple(m.shape)} does not match image shape {tuple(t.shape)}")
+    if m.ndim > 2 and t.ndim == 4 and m.ndim == 3:
+        m = m[:, None]
+    out = torch.where(m, t, torch.as_tensor(fill, dtype=t.dtype, device=t.device))
+    return _restore(out, x)
+
+
+def black_out_tile(x: Array, tile: int | tuple[int, int], grid: int = GRID, fill: float = 0.0) -> Array:
+    """Set one tile of a 3x3 grid to ``fill`` (black), keep the other eight."""
+    h, w = x.shape[-2:]
+    return keep_region(x, ~tile_mask(h, w, tile, grid), fill)
+
+
+def keep_tile(x: Array, tile: int | tuple[int, int], grid: int = GRID, fill: float = 0.0) -> Array:
+    """Keep one tile of a 3x3 grid, set the other eight to ``fill`` (the image keeps its size)."""
+    h, w = x.shape[-2:]
+    return keep_region(x, tile_mask(h, w, tile, grid), fill)
+
+
+def otsu_threshold(image: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a float image in [0, 1] (maximises the between-class variance)."""
+    hist, edges = np.histogram(np.asarray(image, dtype=np.float64).ravel(), bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(hist)
+    weight1 = weight0[-1] - weight0
+    mean0 = np.cumsum(hist * centres) / np.maximum(weight0, 1)
+    mean1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(weight1, 1)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def lung_mask_otsu(image: np.ndarray | torch.Tensor, n_components: int = 2, dilate: int = 1) -> np.ndarray:
+    """Estimate the lung fields of a frontal radiograph without a segmentation model.
+
+    A simple, documented heuristic for real data (the synthetic cohort ships true masks):
+    1. smooth lightly and threshold at Otsu's level: lungs (air) are darker than the mediastinum,
+       bone and soft tissue;
+    2. drop dark regions that touch the image border (air outside the body, collimation);
+    3. keep the ``n_components`` largest remaining regions (the two lungs), fill holes, dilate.
+    It fails on very low-contrast or heavily opacified images; inspect the masks it gives.
+
+    Returns a boolean ``(H, W)`` array.
+    """
+    from scipy import ndimage
+
+    t = _as_float_tensor(image if not isinstance(image, torch.Tensor) else image.detach().cpu())
+    img = t.reshape(-1, *t.shape[-2:])[0].double().numpy()
+    img = ndimage.gaussian_filter(img, sigma=max(0.5, img.shape[0] / 128))
+    dark = img < otsu_threshold(img)
+    labels, count = ndimage.label(dark)
+    if count == 0:
+        return np.zeros(img.shape, dtype=bool)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    sizes = ndimage.sum(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+    sizes[border[border > 0] - 1] = 0
+    keep = [i + 1 for i in np.argsort(sizes)[::-1][:n_components] if sizes[i] > 0]
+    mask = ndimage.binary_fill_holes(np.isin(labels, keep))
+    return ndimage.binary_dilation(mask, iterations=dilate) if dilate else mask
+
+
+def keep_lungs(x: Array, masks: np.ndarray | torch.Tensor | None = None, fill: float = 0.0) -> Array:
+    """Keep only the lung fields. Uses ``masks`` if given (the synthetic cohort's true masks),
+    otherwise estimates one mask per image with :func:`lung_mask_otsu`."""
+    if masks is None:
+        t = _as_float_tensor(x)
+        flat = t.reshape(-1, *t.shape[-2:]).detach().cpu()
+        masks = np.stack([lung_mask_otsu(img) for img in flat]).reshape(tuple(t.shape))
+    return keep_region(x, masks, fill)
+
+
+def load_masks(paths: Sequence[str], size: int) -> np.ndarray:
+    """Read mask images (e.g. the synthetic manifest's ``mask_path``) as boolean ``(N, size, size)``."""
+    from PIL import Image
+
+    out = np.zeros((len(paths), size, size), dtype=bool)
+    for i, path in enumerate(paths):
+        with Image.open(path) as im:
+            out[i] = np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 127
+    return out
+
+
+# --------------------------------------------------------------------------- transforms
+class Degradation:
+    """Base class: a callable transform with a readable ``repr`` (torchvision style)."""
+
+    fn: Callable[..., Any]
+    params: dict[str, Any]
+
+    def __call__(self, x: Array) -> Array:
+        return type(self).fn(x, **self.params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+def _transform(name: str, fn: Callable[..., Any], arg_names: Sequence[str], doc: str) -> type:
+    def __init__(self: Degradation, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(arg_names):
+            raise TypeError(f"{name} takes at most {len(arg_names)} positional arguments")
+        self.params = dict(zip(arg_names, args)) | kwargs
+
+    return type(name, (Degradation,), {"__init__": __init__, "fn": staticmethod(fn), "__doc__": doc})
+
+
+LowPass = _transform("LowPass", low_pass, ["d"], "Transform form of :func:`low_pass`.")
+HighPass = _transform("HighPass", high_pass, ["d"], "Transform form of :func:`high_pass`.")
+BandPass = _transform("BandPass", band_pass, ["d_low", "d_high"], "Transform form of :func:`band_pass`.")
+Notch = _transform("Notch", notch, ["d_low", "d_high"], "Transform form of :func:`notch`.")
+Downsample = _transform("Downsample", downsample, ["k"], "Transform form of :func:`downsample`.")
+GaussianBlur = _transform("GaussianBlur", gaussian_blur, ["sigma"], "Transform form of :func:`gaussian_blur`.")
+ClipBright = _transform("ClipBright", clip_bright, ["quantile"], "Transform form of :func:`clip_bright`.")
+BlackOutTile = _transform("BlackOutTile", black_out_tile, ["tile"], "Transform form of :func:`black_out_tile`.")
+KeepTile = _transform("KeepTile", keep_tile, ["tile"], "Transform form of :func:`keep_tile`.")
+KeepLungs = _transform("KeepLungs", keep_lungs, [], "Transform form of :func:`keep_lungs` (Otsu masks).")
+
+
+class GaussianNoise(Degradation):
+    """Transform form of :func:`gaussian_noise`. With a ``seed``, the sequence of noise draws is
+    reproducible (each call draws fresh noise from one generator)."""
+
+    def __init__(self, sigma: float, seed: int | None = None, clip: bool = True) -> None:
+        self.params = {"sigma": sigma, "seed": seed, "clip": clip}
+        self._generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+
+    def __call__(self, x: Array) -> Array:
+        return gaussian_noise(x, self.params["sigma"], clip=self.params["clip"], generator=self._generator)
+
+
+class Identity(Degradation):
+    """No degradation (severity 0 of every sweep)."""
+
+    params: dict[str, Any] = {}
+
+    def __call__(self, x: Array) -> Array:
+        return x
+
+
+# --------------------------------------------------------------------------- sweeps
+@dataclass(frozen=True)
+class SweepSpec:
+    """How one degradation is swept: its parameter, levels (mildest first) and factory."""
+
+    name: str
+    label: str
+    param: str
+    unit: str
+    levels: tuple[float, ...]
+    make: Callable[[float], Degradation] = field(repr=False)
+    integer: bool = False
+    anchor: str | None = None  # key in cxrlab.anchors.DEGRADATION_CURVES, if the paper has a curve
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(min, max) of the levels, e.g. for a slider."""
+        return min(self.levels), max(self.levels)
+
+
+PAPER_RADII = (1, 5, 10, 25, 50, 100, 125, 150, 200)
+
+SEVERITY_SWEEPS: dict[str, SweepSpec] = {
+    s.name: s for s in [
+        SweepSpec("low_pass", "low-pass filter (keep radius <= d)", "d", "px on the 224 grid",
+                  tuple(reversed(PAPER_RADII)), LowPass, anchor="low_pass"),
+        SweepSpec("high_pass", "high-pass filter (remove radius <= d)", "d", "px on the 224 grid",
+                  PAPER_RADII, HighPass, anchor="high_pass"),
+        SweepSpec("downsample", "downsample to k px and back", "k", "px", (64, 32, 16, 8, 4),
+                  lambda k: Downsample(int(k)), integer=True),
+        SweepSpec("noise", "Gaussian noise", "sigma", "intensity (image in [0, 1])",
+                  (0.0, 0.025, 0.05, 0.1, 0.2, 0.4), lambda s: GaussianNoise(s, seed=0)),
+        SweepSpec("blur", "Gaussian blur", "sigma", "px on the 224 grid", (0.0, 1.0, 2.0, 4.0, 8.0, 16.0),
+                  GaussianBlur),
+        SweepSpec("clip_bright", "clip bright pixels above a quantile", "quantile", "per-image quantile",
+                  (1.0, 0.95, 0.9, 0.75, 0.5, 0.25), ClipBright),
+    ]
+}
+"""Each degradation's sweep, levels ordered from mildest to most severe. The radii are the ones
+the paper plotted (Gichoya et al. 2022, public code); the noise sigma 0.1 and blur sigma 2 px
+are its test-time corruptions."""
+
+
+def make_degradation(name: str, level: float) -> Degradation:
+    """The transform for ``SEVERITY_SWEEPS[name]`` at ``level``.
+
+    >>> make_degradation("high_pass", 50)
+    HighPass(d=50)
+    """
+    if name not in SEVERITY_SWEEPS:
+        raise KeyError(f"unknown degradation {name!r}; choose one of {', '.join(SEVERITY_SWEEPS)}")
+    spec = SEVERITY_SWEEPS[name]
+    return spec.make(int(level) if spec.integer else level)
