@@ -1,0 +1,258 @@
+"""The session: the parameters cell's companion.
+
+``setup`` resolves the preset (``$CXRLAB_PRESET`` wins), seeds everything, picks the device,
+prepares or finds the data, builds the image cache and prints one line saying what runs where.
+
+>>> import cxrlab
+>>> S = cxrlab.setup("synthetic", "demo", seed=0)     # doctest: +SKIP
+synthetic | preset demo: 64 px, smallcnn, 6 epochs | 2000 images of 800 patients | device cpu
+>>> S.targets("race")[:5], S.classes                   # doctest: +SKIP
+(array([2, 0, 0, 1, 2]), ['A', 'B', 'C'])
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrlab.presets import Preset, get_preset
+from cxrlab.train import pick_device, seed_everything
+from data_fetch.manifest import finding_columns, read_card, read_manifest
+from data_fetch.paths import data_root
+
+REAL_SOURCES = ("nih", "covid19_ar", "chexpert", "mimic")
+BINARY_TARGETS = {"sex": ("sex", ["F", "M"]), "no_finding": ("no_finding", ["finding", "no finding"])}
+FETCH_HINTS = {
+    "nih": "python -m data_fetch nih --max-images 2000",
+    "covid19_ar": "python -m data_fetch covid19_ar",
+    "chexpert": "python -m data_fetch chexpert --source-dir /path/to/CheXpert (or --url ...)",
+    "mimic": "python -m data_fetch mimic --source-dir /path/to/mimic-cxr-jpg "
+             "(PhysioNet credentials required)",
+}
+
+
+@dataclass
+class Session:
+    """Everything a chapter needs: data, images, targets, device and sizes.
+
+    Attributes:
+        manifest: validated manifest (with ``abspath``), rows aligned with ``images``.
+        images: uint8 ``(N, H, W)`` memmap at ``preset.image_size``.
+        classes: the self-reported race (or synthetic group) categories present, sorted.
+        device: ``"cuda"`` or ``"cpu"``.
+        preset, source, seed, data_dir, card: what was asked for and where the data lives.
+        dataset: name of the prepared dataset (``data_dir.name``).
+        results_key: ``source-dataset-preset-seedN``, the model store's prefix.
+    """
+
+    manifest: pd.DataFrame
+    images: np.ndarray
+    classes: list[str]
+    device: str
+    preset: Preset
+    source: str
+    seed: int
+    data_dir: Path
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> str:
+        """Name of the prepared dataset folder."""
+        return self.data_dir.name
+
+    @property
+    def results_key(self) -> str:
+        """Key that identifies this session's data, preset and seed (used by the model store)."""
+        return f"{self.source}-{self.dataset}-{self.preset.name}-seed{self.seed}"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Folder of the image caches."""
+        return self.data_dir / "cache"
+
+    @property
+    def model_dir(self) -> Path:
+        """Folder of the model store."""
+        return self.data_dir / "models"
+
+    @property
+    def finding_columns(self) -> list[str]:
+        """The ``finding_*`` columns of the manifest."""
+        return finding_columns(self.manifest)
+
+    def split(self, name: str) -> pd.DataFrame:
+        """The rows of split ``name`` (``train``, ``val`` or ``test``); index = manifest rows."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; use 'train', 'val' or 'test'")
+        return self.manifest[self.manifest["split"] == name]
+
+    def split_index(self, name: str) -> np.ndarray:
+        """Row positions of split ``name`` (for ``S.images[...]``)."""
+        return np.flatnonzero((self.manifest["split"] == name).to_numpy())
+
+    def class_names(self, target: str = "race") -> list[str]:
+        """Names of the classes of ``target`` (race, sex, no_finding, findings, finding_*)."""
+        if target == "race":
+            return list(self.classes)
+        if target in BINARY_TARGETS:
+            return list(BINARY_TARGETS[target][1])
+        if target == "findings":
+            return [c.removeprefix("finding_") for c in self.finding_columns]
+        if target in self.finding_columns:
+            return ["absent", "present"]
+        if target == "age":
+            return ["age"]
+        raise ValueError(_unknown_target(target, self.finding_columns))
+
+    def targets(self, target: str = "race") -> np.ndarray:
+        """Targets aligned with ``manifest`` rows.
+
+        ``race``: int class indices into :attr:`classes`; ``sex`` (M = 1), ``no_finding`` and
+        ``finding_*``: 0/1 ints; missing values are -1. ``age``: float years (NaN missing).
+        ``findings``: float ``(N, K)`` over the finding columns (NaN missing).
+        """
+        df = self.manifest
+        if target == "race":
+            lookup = {c: i for i, c in enumerate(self.classes)}
+            return np.array([lookup.get(v, -1) if isinstance(v, str) else -1
+                             for v in df["race"].astype(object)], dtype=np.int64)
+        if target == "sex":
+            return df["sex"].map({"F": 0, "M": 1}).fillna(-1).astype("int64").to_numpy()
+        if target == "no_finding" or target in self.finding_columns:
+            return df[target].astype("Int64").fillna(-1).to_numpy(dtype=np.int64)
+        if target == "age":
+            return df["age"].astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        if target == "findings":
+            cols = self.finding_columns
+            if not cols:
+                raise ValueError("this dataset has no finding_* columns")
+            return df[cols].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        raise ValueError(_unknown_target(target, self.finding_columns))
+
+    def describe(self) -> str:
+        """The one-line "what runs where" note."""
+        p = self.preset
+        return (f"{self.source} ({self.dataset}) | preset {p.name}: {p.image_size} px, "
+                f"{p.model}, up to {p.epochs} epochs | {len(self.manifest)} images of "
+                f"{self.manifest['patient_id'].nunique()} patients | device {self.device}")
+
+    def __repr__(self) -> str:
+        return f"Session({self.describe()})"
+
+
+def _unknown_target(target: str, findings: list[str]) -> str:
+    options = ["race", "sex", "age", "no_finding", "findings", *findings]
+    return f"unknown target {target!r}; choose one of {', '.join(options)}"
+
+
+def _prepare_synthetic(preset: Preset, overrides: dict[str, Any], progress: bool) -> Path:
+    try:
+        from data_fetch import synthetic
+    except ImportError as error:  # pragma: no cover - only while the package is incomplete
+        raise RuntimeError("data_fetch.synthetic is not available in this installation; pass "
+                           "data_dir= to a prepared dataset") from error
+    return Path(synthetic.prepare(preset=preset.name, progress=progress, **overrides))
+
+
+def find_prepared(source: str, dataset: str | None = None) -> Path:
+    """The folder of a prepared dataset of ``source``: ``dataset`` if named, else the newest.
+
+    Raises ``FileNotFoundError`` with the ``python -m data_fetch`` command that prepares one.
+    """
+    root = data_root() / source
+    candidates = sorted((p.parent for p in root.glob("*/manifest.csv")),
+                        key=lambda p: (p / "manifest.csv").stat().st_mtime, reverse=True)
+    if dataset is not None:
+        chosen = [p for p in candidates if p.name == dataset]
+        if chosen:
+            return chosen[0]
+    elif candidates:
+        return candidates[0]
+    named = f" named {dataset!r}" if dataset else ""
+    found = f" (found: {', '.join(p.name for p in candidates)})" if candidates else ""
+    hint = FETCH_HINTS.get(source, f"python -m data_fetch {source}")
+    raise FileNotFoundError(
+        f"no prepared {source} dataset{named} under {root}{found}.\n"
+        f"Prepare it first, for example:\n    {hint}\n"
+        f"(see python -m data_fetch --help; set CXRLAB_DATA to use another data folder)")
+
+
+def _patient_rank(patient_id: str) -> str:
+    return hashlib.sha1(str(patient_id).encode()).hexdigest()
+
+
+def cap_patients(manifest: pd.DataFrame, max_images: int) -> pd.DataFrame:
+    """Keep whole patients, in a fixed hash order of their ids, up to ``max_images`` images.
+
+    Deterministic (independent of the seed, row order and machine), so every chapter and every
+    kernel of one preset sees the same subset and shares one image cache.
+    """
+    if len(manifest) <= max_images:
+        return manifest.reset_index(drop=True)
+    counts = manifest.groupby("patient_id", sort=False).size()
+    order = sorted(counts.index, key=_patient_rank)
+    cumulative = counts.loc[order].cumsum()
+    keep = set(cumulative.index[cumulative <= max_images])
+    if not keep:                                 # one huge patient: keep at least that one
+        keep = {order[0]}
+    kept = manifest[manifest["patient_id"].isin(keep)]
+    return kept.reset_index(drop=True)
+
+
+def _race_classes(manifest: pd.DataFrame) -> list[str]:
+    return sorted(str(v) for v in manifest["race"].dropna().unique())
+
+
+def setup(
+    source: str = "synthetic",
+    preset: str = "demo",
+    seed: int = 0,
+    device: str | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    dataset: str | None = None,
+    progress: bool = True,
+    **synthetic_overrides: Any,
+) -> Session:
+    """Start a course session.
+
+    Args:
+        source: ``synthetic`` (default, offline), ``nih``, ``covid19_ar``, ``chexpert``,
+            ``mimic``.
+        preset: ``demo``, ``workshop`` or ``full``; ``$CXRLAB_PRESET`` overrides it.
+        seed: seeds Python, NumPy and PyTorch.
+        device: ``"cuda"``/``"cpu"``; default: CUDA when available.
+        data_dir: use this prepared folder (holding ``manifest.csv``) instead of preparing one.
+        dataset: for a real source, the name of a prepared dataset under
+            ``data_root()/<source>/`` (default: the newest).
+        **synthetic_overrides: knobs of the synthetic cohort (see its data card), passed to
+            ``data_fetch.synthetic.prepare``.
+
+    Real sources are capped at ``preset.max_images`` images (whole patients, deterministic).
+    """
+    chosen = get_preset(preset)
+    seed_everything(seed)
+    if synthetic_overrides and source != "synthetic":
+        raise ValueError(f"options {sorted(synthetic_overrides)} apply to the synthetic source "
+                         f"only, not {source!r}")
+    if data_dir is not None:
+        folder = Path(data_dir)
+    elif source == "synthetic":
+        folder = _prepare_synthetic(chosen, synthetic_overrides, progress)
+    else:
+        folder = find_prepared(source, dataset)
+    manifest = read_manifest(folder)
+    if source != "synthetic":
+        manifest = cap_patients(manifest, chosen.max_images)
+    from cxrlab.cache import load_image_cache
+
+    images = load_image_cache(manifest, chosen.image_size, folder / "cache", progress=progress)
+    session = Session(manifest=manifest, images=images, classes=_race_classes(manifest),
+                      device=str(pick_device(device)), preset=chosen, source=source,
+                      seed=int(seed), data_dir=folder, card=read_card(folder))
+    print(session.describe())
+    return session

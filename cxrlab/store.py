@@ -1,0 +1,235 @@
+"""The model store: "the chapter-2 race model for this source and preset", loaded or trained.
+
+Every chapter can start cold: :func:`get_model` loads the model from
+``S.data_dir/models/<key>.pt`` if an earlier chapter (or Binder's postBuild) trained it, and
+otherwise trains it on the train split (early stopping on the val split) and evaluates it on the
+test split. The key is (source, dataset, preset, target, variant, seed), plus a short hash of
+``train_filter`` when one is given.
+
+>>> tm = get_model(S, "race")                  # doctest: +SKIP
+loaded from cache: synthetic-synth-demo-seed0-race-clean
+>>> tm.test_proba.shape                        # doctest: +SKIP
+(600, 3)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrlab.datasets import CXRDataset
+from cxrlab.models import build_model
+from cxrlab.train import History, fit, predict, save_checkpoint
+
+TASK_OF_TARGET = {"race": "multiclass", "sex": "binary", "no_finding": "binary",
+                  "age": "regression", "findings": "multilabel"}
+# Training images per second on 2 CPU cores at 64 px (DESIGN.md); scaled by pixel count.
+CPU_IMAGES_PER_S_64PX = {"smallcnn": 800, "resnet18": 200, "resnet34": 100, "densenet121": 40}
+GPU_SPEEDUP = 20
+
+
+@dataclass
+class TrainedModel:
+    """A trained model with what it was trained for and how it did on the test split.
+
+    ``test_index``: manifest row positions of the test images it was evaluated on (the test
+    split, rows with a known target); ``test_proba``: its predictions there (probabilities, or
+    values for regression). ``test_targets``: the true targets of those rows.
+    """
+
+    model: nn.Module
+    classes: list[str]
+    history: History
+    target: str
+    task: str
+    variant: str
+    key: str
+    path: Path
+    test_index: np.ndarray
+    test_proba: np.ndarray
+    test_targets: np.ndarray
+    device: str = "cpu"
+    train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def predict(self, images: np.ndarray, transform: Callable | None = None,
+                batch_size: int = 256) -> np.ndarray:
+        """Probabilities (or values) for uint8 images ``(N, H, W)``; ``transform`` is applied
+        to each float image (e.g. a test-time degradation)."""
+        return predict(self.model, images, device=self.device, batch_size=batch_size,
+                       transform=transform, task=self.task)
+
+    def __repr__(self) -> str:
+        return (f"TrainedModel({self.key}: {self.task}, classes={self.classes}, "
+                f"best epoch {self.history.best_epoch}, {len(self.test_index)} test images)")
+
+
+def task_for(target: str) -> str:
+    """The training task of a target (``finding_*`` columns are binary)."""
+    if target in TASK_OF_TARGET:
+        return TASK_OF_TARGET[target]
+    if target.startswith("finding_"):
+        return "binary"
+    raise ValueError(f"no default task for target {target!r}; pass task=")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def model_key(session, target: str, variant: str = "clean",
+              train_filter: np.ndarray | None = None) -> str:
+    """``source-dataset-preset-seedN-target-variant[-filter<hash>]``."""
+    key = f"{session.results_key}-{target}-{variant}"
+    if train_filter is not None:
+        digest = hashlib.sha1(np.packbits(np.asarray(train_filter, bool)).tobytes()).hexdigest()
+        key += f"-filter{digest[:8]}"
+    return _slug(key)
+
+
+def _known(targets: np.ndarray, task: str) -> np.ndarray:
+    if task == "regression":
+        return ~np.isnan(targets)
+    if task == "multilabel":
+        return ~np.all(np.isnan(targets), axis=1)
+    return targets >= 0
+
+
+def _rows(session, split: str, targets: np.ndarray, task: str,
+          train_filter: np.ndarray | None) -> np.ndarray:
+    mask = (session.manifest["split"] == split).to_numpy() & _known(targets, task)
+    if train_filter is not None and split != "test":
+        mask &= np.asarray(train_filter, bool)
+    return np.flatnonzero(mask)
+
+
+def _typed_targets(targets: np.ndarray, task: str) -> np.ndarray:
+    return targets.astype(np.int64) if task == "multiclass" else targets.astype(np.float32)
+
+
+def estimate_seconds(arch: str, image_size: int, n_images: int, epochs: int,
+                     device: str) -> float:
+    """A rough training-time estimate from the throughputs measured on 2 CPU cores."""
+    rate = CPU_IMAGES_PER_S_64PX.get(arch, 100) * (64 / image_size) ** 2
+    if str(device).startswith("cuda"):
+        rate *= GPU_SPEEDUP
+    return n_images * epochs / rate * 1.15          # + validation
+
+
+def _n_outputs(task: str, classes: list[str]) -> int:
+    return len(classes) if task in ("multiclass", "multilabel") else 1
+
+
+def _load(path: Path, session, device: str) -> dict[str, Any]:
+    saved = torch.load(path, map_location=device, weights_only=False)
+    if saved.get("n_images") != len(session.manifest):
+        raise ValueError("stored model was trained on a different manifest")
+    return saved
+
+
+def _train(session, target, task, classes, train_transform, train_filter, path,
+           progress) -> dict[str, Any]:
+    p = session.preset
+    targets = _typed_targets(session.targets(target), task)
+    train_rows = _rows(session, "train", targets, task, train_filter)
+    val_rows = _rows(session, "val", targets, task, train_filter)
+    estimate = estimate_seconds(p.model, p.image_size, len(train_rows), p.epochs, session.device)
+    print(f"training {target} model ({p.model}, {len(train_rows)} images, up to {p.epochs} "
+          f"epochs; about {estimate:.0f} s)")
+    model = build_model(p.model, _n_outputs(task, classes), pretrained=p.pretrained)
+    train_ds = CXRDataset(session.images, targets[train_rows], transform=train_transform,
+                          augment=True, indices=train_rows)
+    val_ds = CXRDataset(session.images, targets[val_rows], transform=train_transform,
+                        indices=val_rows)
+    checkpoint = path.with_suffix(".best.pt")
+    history = fit(model, train_ds, val_ds, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
+                  patience=p.patience, device=session.device, task=task, checkpoint=checkpoint,
+                  seed=session.seed, progress=progress)
+    checkpoint.unlink(missing_ok=True)
+    test_rows = _rows(session, "test", targets, task, None)
+    test_proba = predict(model, session.images[test_rows], device=session.device,
+                         transform=train_transform, task=task)
+    return {"state_dict": model.state_dict(), "arch": p.model, "task": task, "target": target,
+            "classes": classes, "history": history.to_dict(), "test_index": test_rows,
+            "test_proba": test_proba, "n_images": len(session.manifest),
+            "pretrained": bool(getattr(model, "pretrained", False))}
+
+
+def _write_sidecar(path: Path, saved: dict[str, Any], seconds: float) -> None:
+    meta = {k: saved[k] for k in ("arch", "task", "target", "classes", "history", "pretrained")}
+    meta["train_seconds"] = round(seconds, 1)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, path.with_suffix(".json"))
+
+
+def get_model(
+    session,
+    target: str = "race",
+    variant: str = "clean",
+    train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    task: str | None = None,
+    train_filter: np.ndarray | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> TrainedModel:
+    """Load the ``target`` model of this session from the store, or train and store it.
+
+    Args:
+        session: from :func:`cxrlab.setup`.
+        target: ``race`` (multiclass over ``S.classes``), ``sex``, ``no_finding``,
+            ``finding_*`` (binary), ``age`` (regression), ``findings`` (multilabel).
+        variant: a name for how it was trained (``clean``, ``lowpass10``, ...); part of the key.
+        train_transform: applied to every float image at train, validation AND test time
+            (chapter 4 trains and tests on degraded images, as Gichoya et al. 2022 did). Give
+            each transform its own ``variant`` name: transforms are not part of the key.
+        task: override the default task of the target.
+        train_filter: boolean mask over manifest rows restricting train and val images (e.g.
+            no-finding only); the test split is never filtered.
+        force: retrain even if a stored model exists.
+    """
+    task = task or task_for(target)
+    if train_filter is not None and len(train_filter) != len(session.manifest):
+        raise ValueError(f"train_filter has {len(train_filter)} entries, the manifest "
+                         f"{len(session.manifest)} rows")
+    classes = session.class_names(target)
+    key = model_key(session, target, variant, train_filter)
+    path = session.model_dir / f"{key}.pt"
+    saved = None
+    if path.exists() and not force:
+        try:
+            saved = _load(path, session, session.device)
+            print(f"loaded from cache: {key}")
+        except Exception as error:  # noqa: BLE001 - a stale or broken file is retrained
+            print(f"stored model {path.name} could not be used ({error}); training again")
+    if saved is None:
+        start = time.perf_counter()
+        saved = _train(session, target, task, classes, train_transform, train_filter, path,
+                       progress)
+        save_checkpoint(saved, path)
+        _write_sidecar(path, saved, time.perf_counter() - start)
+    return _trained_model(saved, session, key, path, variant, train_transform)
+
+
+def _trained_model(saved, session, key, path, variant, train_transform) -> TrainedModel:
+    model = build_model(saved["arch"], _n_outputs(saved["task"], saved["classes"]))
+    model.load_state_dict(saved["state_dict"])
+    model.task = saved["task"]
+    model.to(session.device).eval()
+    test_index = np.asarray(saved["test_index"], dtype=np.int64)
+    targets = session.targets(saved["target"])[test_index]
+    return TrainedModel(model=model, classes=list(saved["classes"]),
+                        history=History.from_dict(saved["history"]), target=saved["target"],
+                        task=saved["task"], variant=variant, key=key, path=path,
+                        test_index=test_index, test_proba=np.asarray(saved["test_proba"]),
+                        test_targets=targets, device=session.device,
+                        train_transform=train_transform)

@@ -1,0 +1,118 @@
+"""Session: setup on a tiny fake prepared dataset, preset override, real-source lookup and cap."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from data_fetch.manifest import write_manifest
+
+GROUPS = ("A", "B", "C")
+
+
+def write_fake_dataset(folder: Path, n_patients: int = 24, per_patient: int = 2,
+                       size: int = 20, seed: int = 0, source: str = "synthetic") -> Path:
+    """A tiny prepared dataset: PNGs whose brightness depends on the group, and a manifest."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(exist_ok=True)
+    splits = ["train", "train", "train", "val", "test", "test"]
+    rows = []
+    for p in range(n_patients):
+        group = GROUPS[p % 3]
+        for k in range(per_patient):
+            image_id = f"p{p:03d}_{k}"
+            level = 60 + 60 * GROUPS.index(group)
+            pixels = np.clip(rng.normal(level, 20, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / "images" / f"{image_id}.png")
+            rows.append({"image_id": image_id, "path": f"images/{image_id}.png",
+                         "patient_id": f"p{p:03d}", "study_id": f"s{p:03d}_{k}",
+                         "split": splits[p % len(splits)], "view": "PA",
+                         "sex": "MF"[p % 2], "age": 30.0 + p, "race": group,
+                         "ethnicity": pd.NA, "bmi": 25.0, "site": f"site{p % 2}",
+                         "source": source, "finding_effusion": bool(p % 4 == 0),
+                         "no_finding": bool(p % 4 != 0)})
+    write_manifest(pd.DataFrame(rows), folder, card={"source": source, "name": folder.name})
+    return folder
+
+
+@pytest.fixture
+def fake_dataset(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
+    return write_fake_dataset(tmp_path / "data" / "synthetic" / "fake")
+
+
+def test_setup_on_prepared_folder(fake_dataset, capsys):
+    from cxrlab.session import setup
+
+    S = setup("synthetic", "demo", seed=1, device="cpu", data_dir=fake_dataset, progress=False)
+    line = capsys.readouterr().out
+    assert "synthetic" in line and "demo" in line and "48 images of 24 patients" in line
+    assert "cpu" in line
+    assert S.images.shape == (48, 64, 64) and S.images.dtype == np.uint8
+    assert isinstance(S.images, np.memmap)
+    assert S.classes == ["A", "B", "C"]
+    race = S.targets("race")
+    assert race.tolist()[:6] == [0, 0, 1, 1, 2, 2]
+    assert set(S.targets("sex")) == {0, 1}
+    assert S.targets("age")[0] == 30.0
+    assert S.targets("findings").shape == (48, 1)
+    assert len(S.split("train")) + len(S.split("val")) + len(S.split("test")) == 48
+    assert S.results_key == "synthetic-fake-demo-seed1"
+    assert S.card["name"] == "fake" and S.seed == 1 and S.data_dir == fake_dataset
+    # brighter groups give brighter cached images
+    means = [S.images[race == g].mean() for g in range(3)]
+    assert means[0] < means[1] < means[2]
+
+
+def test_env_preset_wins(fake_dataset, monkeypatch):
+    from cxrlab.session import setup
+
+    monkeypatch.setenv("CXRLAB_PRESET", "workshop")
+    S = setup("synthetic", "demo", data_dir=fake_dataset, progress=False)
+    assert S.preset.name == "workshop" and S.images.shape[1:] == (128, 128)
+
+
+def test_synthetic_calls_prepare(fake_dataset, monkeypatch):
+    import cxrlab.session as session
+
+    calls = {}
+
+    def fake_prepare(preset, progress, **overrides):
+        calls.update(preset=preset, **overrides)
+        return fake_dataset
+
+    monkeypatch.setattr(session, "_prepare_synthetic",
+                        lambda p, o, progress: fake_prepare(p.name, progress, **o))
+    S = session.setup("synthetic", "demo", group_signal=0.0, progress=False)
+    assert calls == {"preset": "demo", "group_signal": 0.0}
+    assert len(S.manifest) == 48
+
+
+def test_real_source_missing_shows_command(fake_dataset):
+    from cxrlab.session import setup
+
+    with pytest.raises(FileNotFoundError, match="python -m data_fetch nih"):
+        setup("nih", "demo", progress=False)
+
+
+def test_real_source_found_and_capped(tmp_path, monkeypatch):
+    from cxrlab import presets
+    from cxrlab.session import cap_patients, setup
+
+    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
+    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
+    write_fake_dataset(tmp_path / "nih" / "subset", n_patients=12, source="nih")
+    small = presets.Preset("tiny", 16, 10, 9, "smallcnn", False, 1, 8, 1, 1e-3, 10)
+    monkeypatch.setitem(presets.PRESETS, "tiny", small)
+    S = setup("nih", "tiny", progress=False)
+    assert len(S.manifest) <= 9 and len(S.manifest) % 2 == 0       # whole patients only
+    assert S.images.shape == (len(S.manifest), 16, 16)
+    again = cap_patients(S.manifest.sample(frac=1, random_state=3), 9)
+    assert set(again["patient_id"]) == set(S.manifest["patient_id"])   # deterministic
+    with pytest.raises(FileNotFoundError, match="found: subset"):
+        setup("nih", "tiny", dataset="other", progress=False)

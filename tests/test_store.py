@@ -1,0 +1,70 @@
+"""Model store: the first call trains and saves, the second loads without training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_session import write_fake_dataset
+
+from cxrlab import presets
+
+TINY = presets.Preset("tiny", 16, 10, 100, "smallcnn", False, 2, 8, 1, 5e-3, 20)
+
+
+@pytest.fixture
+def session(tmp_path, monkeypatch):
+    from cxrlab.session import setup
+
+    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
+    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
+    monkeypatch.setitem(presets.PRESETS, "tiny", TINY)
+    folder = write_fake_dataset(tmp_path / "synthetic" / "fake", size=16)
+    return setup("synthetic", "tiny", device="cpu", data_dir=folder, progress=False)
+
+
+def test_second_call_loads_without_training(session, capsys, monkeypatch):
+    from cxrlab import store
+
+    first = store.get_model(session, "race", progress=False)
+    out = capsys.readouterr().out
+    assert "training race model" in out and "about" in out
+    assert first.path.exists() and first.path.with_suffix(".json").exists()
+    assert first.test_proba.shape == (len(first.test_index), 3)
+    assert np.allclose(first.test_proba.sum(axis=1), 1, atol=1e-5)
+    assert set(session.manifest.loc[first.test_index, "split"]) == {"test"}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the store trained although a stored model exists")
+
+    monkeypatch.setattr(store, "fit", no_training)
+    second = store.get_model(session, "race", progress=False)
+    assert "loaded from cache" in capsys.readouterr().out
+    assert second.key == first.key and second.classes == ["A", "B", "C"]
+    np.testing.assert_allclose(second.test_proba, first.test_proba, atol=1e-6)
+    np.testing.assert_allclose(second.predict(session.images[first.test_index]),
+                               first.test_proba, atol=1e-5)
+    assert second.history.best_epoch == first.history.best_epoch
+
+
+def test_keys_separate_targets_variants_and_filters(session):
+    from cxrlab.store import model_key
+
+    base = model_key(session, "race")
+    assert base == "synthetic-fake-tiny-seed0-race-clean"
+    assert model_key(session, "race", "lowpass10") != base
+    mask = session.targets("no_finding") == 1
+    assert model_key(session, "race", train_filter=mask) != base
+
+
+def test_other_targets_and_filter(session):
+    from cxrlab.store import get_model
+
+    sex = get_model(session, "sex", progress=False)
+    assert sex.task == "binary" and sex.test_proba.ndim == 1
+    age = get_model(session, "age", progress=False)
+    assert age.task == "regression" and 20 < float(np.mean(age.test_proba)) < 80
+    mask = session.targets("no_finding") == 1
+    filtered = get_model(session, "race", train_filter=mask, progress=False)
+    assert "filter" in filtered.key
+    with pytest.raises(ValueError, match="train_filter"):
+        get_model(session, "race", train_filter=mask[:3], progress=False)
