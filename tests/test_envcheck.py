@@ -12,6 +12,7 @@ from cxrlab import envcheck
 def _tmp_data(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no real ~/.netrc
+    monkeypatch.delenv("NETRC", raising=False)
     for names in envcheck.RESTRICTED_TRACK_ENV.values():
         for group in names.values():
             for name in group:
@@ -118,3 +119,8 @@ def test_cli_prints_report_and_returns_status(capsys):
     code = envcheck.main([])
     out = capsys.readouterr().out
     assert "Tracks" in out and code in (0, 1)
+
+
+def test_training_speed_measures_a_positive_rate():
+    speed = envcheck.training_speed("smallcnn", image_size=32, batch_size=4, n_batches=2, device="cpu")
+    assert speed["images_per_s"] > 0 and speed["device"] == "cpu" and speed["image_size"] == 32
