@@ -1,0 +1,199 @@
+"""Chapter 4's degradation explorer: pick a degradation and its strength, watch the model.
+
+A dropdown chooses the degradation (low-pass, high-pass, downsampling, noise, blur, bright-pixel
+clipping, one tile kept or blacked out), a slider its strength. The widget shows the degraded
+image, its log Fourier spectrum and the model's class probabilities as a bar chart (one PNG in
+an ``ipywidgets.Image``: no ``Output`` capture, which strict nbval cannot compare), and writes
+the probabilities as text into an ``HTML`` element with the CSS class ``cxr-prediction`` (the
+browser test reads it). All logic is in plain methods, so tests drive it by setting ``.value``.
+
+>>> import numpy as np
+>>> ex = DegradationExplorer(np.full((32, 32), 0.5), lambda x: np.array([[0.2, 0.8]]), ["A", "B"])
+>>> ex.dropdown.value = "noise"; ex.slider.value = 0.1; ex.spec.name, ex.proba.tolist()
+('noise', [0.2, 0.8])
+"""
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from cxrlab.degrade import (SEVERITY_SWEEPS, BlackOutTile, KeepTile, SweepSpec, _as_float_tensor,
+                            log_spectrum)
+
+PREDICTION_CLASS = "cxr-prediction"
+SLIDER_CLASS = "cxr-strength"
+DROPDOWN_CLASS = "cxr-degradation"
+
+#: What the explorer offers: every sweep plus the two tile experiments (tile index 0-8, row-major).
+EXPLORER_OPTIONS: dict[str, SweepSpec] = dict(SEVERITY_SWEEPS) | {
+    "keep_tile": SweepSpec("keep_tile", "keep one tile of 3x3", "tile", "index 0-8, row-major",
+                           tuple(range(9)), lambda t: KeepTile(int(t)), integer=True),
+    "black_out_tile": SweepSpec("black_out_tile", "black out one tile of 3x3", "tile",
+                                "index 0-8, row-major", tuple(range(9)),
+                                lambda t: BlackOutTile(int(t)), integer=True),
+}
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def predictor(trained_model: Any) -> Predictor:
+    """A ``predict_fn`` for the explorer from a :class:`cxrlab.store.TrainedModel`:
+    float images ``(N, H, W)`` -> class probabilities ``(N, C)`` (binary models give ``[1-p, p]``)."""
+    def predict_fn(images: np.ndarray) -> np.ndarray:
+        proba = np.asarray(trained_model.predict(np.asarray(images, dtype=np.float32)))
+        return np.stack([1 - proba, proba], axis=1) if proba.ndim == 1 else proba
+    return predict_fn
+
+
+def prediction_html(classes: Sequence[str], proba: np.ndarray, caption: str = "") -> str:
+    """The probabilities as HTML text, e.g. ``A 0.712 · B 0.201 · C 0.087`` (most likely in bold)."""
+    best = int(np.argmax(proba))
+    parts = []
+    for i, (name, p) in enumerate(zip(classes, proba)):
+        text = f"{html.escape(str(name))} {float(p):.3f}"
+        parts.append(f"<b>{text}</b>" if i == best else text)
+    lead = f"{html.escape(caption)}: " if caption else ""
+    return f"<span>{lead}predicted probabilities: {' · '.join(parts)}</span>"
+
+
+def _slider_step(spec: SweepSpec) -> float:
+    low, high = spec.bounds
+    return 1 if spec.integer else float(np.round((high - low) / 200, 4)) or 0.001
+
+
+def make_slider(spec: SweepSpec, value: float | None = None) -> widgets.Widget:
+    """An ``IntSlider`` (integer parameters) or ``FloatSlider`` spanning the sweep's levels."""
+    low, high = spec.bounds
+    value = spec.levels[len(spec.levels) // 2] if value is None else value
+    common = dict(description=f"{spec.param}", continuous_update=False,
+                  style={"description_width": "initial"}, layout=widgets.Layout(width="420px"))
+    if spec.integer:
+        slider = widgets.IntSlider(value=int(value), min=int(low), max=int(high), step=1, **common)
+    else:
+        slider = widgets.FloatSlider(value=float(value), min=float(low), max=float(high),
+                                     step=_slider_step(spec), readout_format=".3g", **common)
+    slider.add_class(SLIDER_CLASS)
+    return slider
+
+
+def _palette() -> Sequence[str]:
+    """The course palette (cxrlab.plots.PALETTE, Okabe-Ito)."""
+    try:
+        from cxrlab.plots import PALETTE
+    except ImportError:  # plots not importable (e.g. a partial install): Okabe-Ito's first colours
+        return ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
+    return PALETTE
+
+
+def render_panels(original: np.ndarray, degraded: np.ndarray, classes: Sequence[str], proba: np.ndarray,
+                  title: str = "") -> Figure:
+    """Figure with the degraded image, its log spectrum and a bar chart of the probabilities."""
+    palette = _palette()
+    fig = Figure(figsize=(9.6, 3.0), dpi=80)
+    ax_img, ax_spec, ax_bar = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    lo, hi = np.percentile(degraded, [0.5, 99.5])
+    ax_img.imshow(degraded, cmap="gray", vmin=min(lo, 0.0) if lo < 0 else 0.0, vmax=max(hi, 1e-6) if lo < 0 else 1.0)
+    ax_img.set_title(title or "image", fontsize=9)
+    ax_spec.imshow(log_spectrum(degraded), cmap="magma",
+                   vmin=0, vmax=float(log_spectrum(original).max()))
+    ax_spec.set_title("log |FFT| (zero frequency centred)", fontsize=9)
+    for ax in (ax_img, ax_spec):
+        ax.set_xticks([]); ax.set_yticks([])
+    ax_bar.bar(range(len(classes)), proba, color=[palette[i % len(palette)] for i in range(len(classes))])
+    ax_bar.set_xticks(range(len(classes)))
+    ax_bar.set_xticklabels([str(c) for c in classes])
+    ax_bar.set_ylim(0, 1)
+    ax_bar.set_xlabel("class")
+    ax_bar.set_ylabel("predicted probability")
+    ax_bar.set_title("model output", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    """PNG bytes of a matplotlib figure (no pyplot state involved)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+class DegradationExplorer:
+    """Dropdown (degradation) + slider (strength) -> image, spectrum and class probabilities.
+
+    Args:
+        image: one image, uint8 or float in [0, 1], ``(H, W)`` or ``(1, H, W)``.
+        predict_fn: float images ``(N, H, W)`` -> probabilities ``(N, C)``; see :func:`predictor`.
+        classes: class names, in the order of ``predict_fn``'s columns.
+        degradation: the initially selected key of :data:`EXPLORER_OPTIONS`.
+        level: initial slider value (default: the middle of the sweep).
+        draw: render the figure (switch off in tests that only need the numbers).
+    """
+
+    def __init__(self, image: np.ndarray | torch.Tensor, predict_fn: Predictor, classes: Sequence[str],
+                 degradation: str = "high_pass", level: float | None = None, draw: bool = True) -> None:
+        if degradation not in EXPLORER_OPTIONS:
+            raise KeyError(f"unknown degradation {degradation!r}; choose one of {', '.join(EXPLORER_OPTIONS)}")
+        t = _as_float_tensor(image).detach().cpu().float()
+        self.image = t.reshape(-1, *t.shape[-2:])[:1]          # (1, H, W)
+        self.predict_fn, self.classes, self.draw = predict_fn, list(classes), draw
+        self.proba = np.zeros(len(self.classes))
+        self.dropdown = widgets.Dropdown(options=[(s.label, k) for k, s in EXPLORER_OPTIONS.items()],
+                                         value=degradation, description="degradation")
+        self.dropdown.add_class(DROPDOWN_CLASS)
+        self.slider = make_slider(self.spec, level)
+        self.slider_box = widgets.HBox([self.slider])
+        self.unit = widgets.HTML()
+        self.prediction = widgets.HTML()
+        self.prediction.add_class(PREDICTION_CLASS)
+        self.figure = widgets.Image(format="png", layout=widgets.Layout(width="768px"))
+        self.dropdown.observe(self.on_degradation, names="value")
+        self.slider.observe(self.on_level, names="value")
+        self.box = widgets.VBox([widgets.HBox([self.dropdown, self.slider_box, self.unit]),
+                                 self.figure, self.prediction])
+        self.update()
+
+    @property
+    def spec(self) -> SweepSpec:
+        """The selected degradation's description."""
+        return EXPLORER_OPTIONS[self.dropdown.value]
+
+    def on_degradation(self, change: dict | None = None) -> None:
+        """Dropdown callback: a new slider for the new degradation's parameter, then redraw."""
+        self.slider.unobserve(self.on_level, names="value")
+        self.slider = make_slider(self.spec)
+        self.slider.observe(self.on_level, names="value")
+        self.slider_box.children = (self.slider,)
+        self.update()
+
+    def on_level(self, change: dict | None = None) -> None:
+        """Slider callback: redraw at the new strength."""
+        self.update()
+
+    def degraded(self) -> torch.Tensor:
+        """The image under the current degradation and strength, ``(1, H, W)``."""
+        return self.spec.make(self.slider.value)(self.image.clone())
+
+    def update(self) -> None:
+        """Degrade, predict, and refresh the text and (if ``draw``) the figure."""
+        spec, level = self.spec, self.slider.value
+        degraded = self.degraded()
+        self.proba = np.asarray(self.predict_fn(degraded.numpy()), dtype=float).reshape(-1)
+        caption = f"{spec.name} {spec.param}={level:g}"
+        self.unit.value = f"<small>{html.escape(spec.unit)}</small>"
+        self.prediction.value = prediction_html(self.classes, self.proba, caption)
+        if self.draw:
+            fig = render_panels(self.image[0].numpy(), degraded[0].numpy(), self.classes, self.proba,
+                                title=caption)
+            self.figure.value = figure_png(fig)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.box)

@@ -1,0 +1,74 @@
+"""The degradation explorer, driven without a browser: setting .value fires the callbacks."""
+from __future__ import annotations
+
+import ipywidgets as widgets
+import numpy as np
+import pytest
+
+from cxrlab import widgets as W
+
+
+def brightness_model(images: np.ndarray) -> np.ndarray:
+    """A stand-in model whose output depends on detail: P(B) rises with the image's high-frequency energy."""
+    images = np.asarray(images, dtype=float)
+    detail = np.abs(np.diff(images, axis=-1)).mean(axis=(-2, -1))
+    p = 1 / (1 + np.exp(-(detail - 0.05) * 40))
+    return np.stack([1 - p, p], axis=1)
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(0).random((32, 32)).astype(np.float32)
+
+
+def test_slider_moves_change_the_prediction_text(image):
+    ex = W.DegradationExplorer(image, brightness_model, ["A", "B"], "high_pass", level=1, draw=False)
+    assert "cxr-prediction" in ex.prediction._dom_classes
+    before = ex.prediction.value
+    ex.slider.value = 150
+    assert ex.prediction.value != before
+    assert "high_pass d=150" in ex.prediction.value
+    assert ex.proba[1] < 0.5 < brightness_model(image[None])[0, 1]
+
+
+def test_dropdown_swaps_the_slider_kind_and_range(image):
+    ex = W.DegradationExplorer(image, brightness_model, ["A", "B"], draw=False)
+    ex.dropdown.value = "downsample"
+    assert isinstance(ex.slider, widgets.IntSlider)
+    assert ex.slider_box.children == (ex.slider,)
+    assert (ex.slider.min, ex.slider.max) == (4, 64)
+    ex.slider.value = 4
+    assert "downsample k=4" in ex.prediction.value
+    ex.dropdown.value = "noise"
+    assert isinstance(ex.slider, widgets.FloatSlider) and ex.slider.max == pytest.approx(0.4)
+    assert "cxr-strength" in ex.slider._dom_classes
+
+
+def test_old_slider_is_disconnected(image):
+    calls = []
+    ex = W.DegradationExplorer(image, lambda x: (calls.append(1), brightness_model(x))[1], ["A", "B"], draw=False)
+    old = ex.slider
+    ex.dropdown.value = "blur"
+    n = len(calls)
+    old.value = old.min
+    assert len(calls) == n
+
+
+def test_tiles_and_figure(image):
+    ex = W.DegradationExplorer(image, brightness_model, ["A", "B"], "keep_tile", level=4)
+    assert ex.figure.value[:8] == b"\x89PNG\r\n\x1a\n"
+    kept = ex.degraded()[0].numpy()
+    assert (kept[:10] == 0).all() and (kept[11:21, 11:21] == image[11:21, 11:21]).all()
+
+
+def test_prediction_html_and_predictor():
+    text = W.prediction_html(["A", "B", "C"], np.array([0.1, 0.7, 0.2]), "clean")
+    assert "<b>B 0.700</b>" in text and text.startswith("<span>clean:")
+
+    class Binary:
+        def predict(self, images):
+            return np.full(len(images), 0.25)
+
+    np.testing.assert_allclose(W.predictor(Binary())(np.zeros((2, 4, 4))), [[0.75, 0.25]] * 2)
+    with pytest.raises(KeyError, match="unknown degradation"):
+        W.DegradationExplorer(np.zeros((8, 8)), brightness_model, ["A", "B"], "sepia")
