@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
 USER_AGENT = "cxr-race-course-data-fetch/0.1 (+https://github.com/)"
-HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<?xml", b"<body")
+HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body")
 
 
 class DownloadError(RuntimeError):
@@ -84,6 +84,8 @@ def looks_like_html(first_bytes: bytes, content_type: str | None = None) -> bool
     if content_type and "text/html" in content_type.lower():
         return True
     head = first_bytes[:512].lstrip().lower()
+    if head.startswith(b"<?xml"):  # XHTML is HTML; other XML (S3 listings) is data
+        return b"<html" in head
     return head.startswith(HTML_MARKERS)
 
 
