@@ -1,0 +1,34 @@
+"""The synthetic chest X-ray cohort: the course's offline default, with known ground truth.
+
+>>> from data_fetch.synthetic import SyntheticConfig, prepare
+>>> cfg = SyntheticConfig.for_preset("demo", group_signal=0.0)   # switch the group texture off
+>>> cfg.image_size, cfg.n_patients
+(64, 800)
+
+See ``docs/synthetic_data_card.md`` for every knob, its default, its range and its effect.
+"""
+from data_fetch.synthetic.card import data_card_markdown, knobs_markdown
+from data_fetch.synthetic.cohort import (
+    GENERATOR_VERSION,
+    build_table,
+    cohort_name,
+    generate_cohort,
+    prepare,
+)
+from data_fetch.synthetic.config import FINDINGS, GROUPS, SyntheticConfig
+from data_fetch.synthetic.render import Renderer, site_looks
+
+__all__ = [
+    "FINDINGS",
+    "GENERATOR_VERSION",
+    "GROUPS",
+    "Renderer",
+    "SyntheticConfig",
+    "build_table",
+    "cohort_name",
+    "data_card_markdown",
+    "generate_cohort",
+    "knobs_markdown",
+    "prepare",
+    "site_looks",
+]
