@@ -29,7 +29,7 @@ from torch import nn
 
 from cxrlab.datasets import CXRDataset
 from cxrlab.models import build_model
-from cxrlab.train import History, fit, predict, save_checkpoint
+from cxrlab.train import History, fit, predict, save_checkpoint, seed_everything
 
 TASK_OF_TARGET = {"race": "multiclass", "sex": "binary", "no_finding": "binary",
                   "age": "regression", "findings": "multilabel"}
@@ -145,6 +145,7 @@ def _train(session, target, task, classes, train_transform, train_filter, path,
     estimate = estimate_seconds(p.model, p.image_size, len(train_rows), p.epochs, session.device)
     print(f"training {target} model ({p.model}, {len(train_rows)} images, up to {p.epochs} "
           f"epochs; about {estimate:.0f} s)")
+    seed_everything(session.seed)                 # same seed -> same initial weights
     model = build_model(p.model, _n_outputs(task, classes), pretrained=p.pretrained)
     train_ds = CXRDataset(session.images, targets[train_rows], transform=train_transform,
                           augment=True, indices=train_rows)
