@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -63,6 +64,22 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     query = "<redacted>" if parts.query else ""
     return urlunsplit((parts.scheme, host, parts.path, query, ""))
+
+
+class RedactQueryFilter(logging.Filter):
+    """Hide query strings (signed-URL signatures, tokens) in log records of HTTP libraries."""
+
+    PATTERN = re.compile(r"\?[^\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        message = record.getMessage()
+        if "?" in message:
+            record.msg, record.args = self.PATTERN.sub("?<redacted>", message), ()
+        return True
+
+
+for _name in ("urllib3.connectionpool", "requests", "pooch"):
+    logging.getLogger(_name).addFilter(RedactQueryFilter())
 
 
 def is_url(location: str | Path) -> bool:
