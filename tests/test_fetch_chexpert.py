@@ -14,10 +14,7 @@ from data_fetch.__main__ import main
 from data_fetch.manifest import read_manifest
 from data_fetch.sources import chexpert as cx
 
-try:
-    from servers import LoopbackServer, Route
-except ImportError:
-    from tests.servers import LoopbackServer, Route
+from tests.servers import LoopbackServer, Route
 
 ROOT = "CheXpert-v1.0-small"
 SECRET = "sig=TOPSECRET-SIGNATURE"

@@ -13,10 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from data_fetch.manifest import read_manifest
 from data_fetch.sources import covid19_ar as cov
 
-try:
-    from servers import LoopbackServer, Route
-except ImportError:
-    from tests.servers import LoopbackServer, Route
+from tests.servers import LoopbackServer, Route
 
 GRADIENT = np.tile(np.arange(0, 4000, 100, dtype=np.uint16), (30, 1))  # 30 x 40, dark left
 

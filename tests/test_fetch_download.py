@@ -10,10 +10,7 @@ import pytest
 from data_fetch import download as dl
 from data_fetch.credentials import Credentials, CredentialsError, get_credentials
 
-try:
-    from servers import LoopbackServer, Route
-except ImportError:  # tests/ imported as a package
-    from tests.servers import LoopbackServer, Route
+from tests.servers import LoopbackServer, Route
 
 BODY = bytes(range(256)) * 400  # 100 kB
 

@@ -16,10 +16,7 @@ from data_fetch.__main__ import main
 from data_fetch.manifest import read_manifest
 from data_fetch.sources import mimic
 
-try:
-    from servers import LoopbackServer, Route
-except ImportError:
-    from tests.servers import LoopbackServer, Route
+from tests.servers import LoopbackServer, Route
 
 USER, PASSWORD = "ada", "correct-horse-battery"
 # subject -> race per admission (MIMIC-IV 2.x value list) and the expected class

@@ -14,10 +14,7 @@ from data_fetch import download as dl
 from data_fetch.manifest import read_manifest
 from data_fetch.sources import nih
 
-try:
-    from servers import LoopbackServer, Route
-except ImportError:
-    from tests.servers import LoopbackServer, Route
+from tests.servers import LoopbackServer, Route
 
 # (image name, finding labels, age, sex, view); patient 3 is in the official test list
 IMAGES = [
