@@ -1,0 +1,185 @@
+"""Figures in colour-blind-safe colours (Okabe-Ito). Every function returns the ``Figure``.
+
+Each figure has a title and labelled axes, so a reader who sees only the picture knows what it
+shows.
+
+>>> fig = plot_roc(y_test, proba, S.classes)      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cxrlab import metrics
+
+# Okabe & Ito (2008), "Color Universal Design": distinguishable with any colour vision.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
+           "#000000"]
+GREY = "#999999"
+
+
+def _axes(ax=None, figsize=(5.5, 4.0)):
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return fig, ax
+
+
+def plot_history(history, ax=None) -> Figure:
+    """Training and validation loss per epoch, and the validation metric, best epoch marked.
+
+    ``history``: a :class:`cxrlab.train.History` (or its ``to_dict()``).
+    """
+    data = history.to_dict() if hasattr(history, "to_dict") else dict(history)
+    epochs = pd.DataFrame(data["epochs"])
+    if ax is None:
+        fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
+    else:
+        fig, ax_loss = ax.figure, ax
+        ax_metric = ax.twinx()
+    ax_loss.plot(epochs.epoch, epochs.train_loss, "o-", color=PALETTE[0], label="train loss")
+    ax_loss.plot(epochs.epoch, epochs.val_loss, "s-", color=PALETTE[1], label="validation loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
+    metric = "val_auc" if "val_auc" in epochs else "val_mae"
+    label = "validation macro AUC" if metric == "val_auc" else "validation MAE (years)"
+    ax_metric.plot(epochs.epoch, epochs[metric], "^-", color=PALETTE[2], label=label)
+    ax_metric.set(xlabel="epoch", ylabel=label, title=label.capitalize() + " per epoch")
+    best = data.get("best_epoch")
+    if best is not None:
+        for a in (ax_loss, ax_metric):
+            a.axvline(best, color=GREY, linestyle="--", label=f"best epoch ({best})")
+    ax_loss.legend(fontsize=8)
+    ax_metric.legend(fontsize=8)
+    if ax is None:
+        fig.suptitle("Training history")
+    return fig
+
+
+def plot_roc(y_true: Sequence | np.ndarray, proba: np.ndarray, classes: Sequence[str],
+             ax=None, title: str = "ROC curves (one class vs the rest, test split)") -> Figure:
+    """One-vs-rest ROC curve per class with its AUC in the legend, and the chance diagonal."""
+    fig, ax = _axes(ax, (5, 5))
+    curves = metrics.roc_curves(y_true, proba, classes)
+    for i, (name, curve) in enumerate(curves.items()):
+        ax.plot(curve["fpr"], curve["tpr"], color=PALETTE[i % len(PALETTE)], lw=2,
+                label=f"{name} (AUC {curve['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], color=GREY, linestyle=":", label="chance (AUC 0.5)")
+    ax.set(xlabel="false-positive rate (1 - specificity)",
+           ylabel="true-positive rate (sensitivity)", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def plot_confusion(y_true: Sequence | np.ndarray, proba_or_pred: np.ndarray,
+                   classes: Sequence[str], normalize: str | None = "true", ax=None,
+                   title: str = "Confusion matrix (test split)") -> Figure:
+    """Confusion matrix as a heat map with the values written in; rows are true classes
+    (normalised per row by default, so each row reads as "of the true X, the share predicted Y")."""
+    fig, ax = _axes(ax, (4.8, 4.2))
+    cm = metrics.confusion(y_true, proba_or_pred, classes, normalize=normalize)
+    image = ax.imshow(cm.to_numpy(), cmap="Blues", vmin=0)
+    fmt = "{:.2f}" if normalize else "{:d}"
+    top = cm.to_numpy().max() or 1
+    for (i, j), value in np.ndenumerate(cm.to_numpy()):
+        shown = fmt.format(value if normalize else int(value))
+        ax.text(j, i, shown, ha="center", va="center",
+                color="white" if value > 0.6 * top else "black")
+    ax.set_xticks(range(len(classes)), labels=list(classes))
+    ax.set_yticks(range(len(classes)), labels=list(classes))
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    fig.colorbar(image, ax=ax, label="share of the true class" if normalize else "images")
+    return fig
+
+
+def plot_calibration(y_true: Sequence | np.ndarray, proba: np.ndarray,
+                     classes: Sequence[str] | None = None, n_bins: int = 10, ax=None,
+                     title: str = "Calibration (reliability) curves") -> Figure:
+    """Predicted probability against the observed frequency, per class; the diagonal is
+    perfect calibration."""
+    fig, ax = _axes(ax, (5, 5))
+    table = metrics.calibration(y_true, proba, classes, n_bins=n_bins)
+    for i, (name, part) in enumerate(table.groupby("class", sort=False)):
+        ax.plot(part.mean_predicted, part.fraction_positive, "o-",
+                color=PALETTE[i % len(PALETTE)], label=str(name))
+    ax.plot([0, 1], [0, 1], color=GREY, linestyle=":", label="perfectly calibrated")
+    ax.set(xlabel="mean predicted probability", ylabel="observed fraction of positives",
+           title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_auc_vs_paper(our_table: pd.DataFrame, dataset: str = "MIMIC-CXR",
+                      source: str | None = None, ax=None) -> Figure:
+    """Our per-class AUCs with 95% CI bars beside Gichoya et al. 2022 Table 3.
+
+    For the synthetic source the groups A/B/C are not races: the bars stand side by side for
+    scale only, and the title says so.
+    """
+    from cxrlab.anchors import compare_to_table3
+
+    table = compare_to_table3(our_table, dataset=dataset, source=source)
+    table = table[table["class"] != "macro (mean)"]
+    fig, ax = _axes(ax, (6, 4))
+    x = np.arange(len(table))
+    err = np.vstack([table.ours - table.ci_low, table.ci_high - table.ours])
+    ax.bar(x - 0.2, table.ours, 0.4, yerr=np.nan_to_num(err), capsize=4, color=PALETTE[0],
+           label="ours (95% CI, patient bootstrap)")
+    ax.bar(x + 0.2, table.paper_auc, 0.4, color=PALETTE[1],
+           label=f"Gichoya et al. 2022, Table 3 ({dataset})")
+    labels = [c if c == p else f"{c}\n(paper: {p})" for c, p in zip(table["class"],
+                                                                     table.paper_class)]
+    ax.set_xticks(x, labels=labels)
+    low = float(np.nanmin([table.ci_low.min(), table.ours.min(), table.paper_auc.min()]))
+    ax.set_ylim(max(0.0, min(0.5, low - 0.05)), 1.0)
+    scale_only = (table.comparison == "for scale only").any()
+    ax.set(xlabel="class (self-reported race in the paper)" + (
+        "; synthetic group here" if scale_only else ""), ylabel="one-vs-rest AUC",
+        title="Our AUCs beside the paper's" + (" (for scale only)" if scale_only else ""))
+    ax.axhline(0.5, color=GREY, linestyle=":", lw=1)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def gallery(images: np.ndarray, labels: Sequence[Any] | None = None, n: int = 12,
+            ncols: int = 6, title: str = "Example images", seed: int | None = None) -> Figure:
+    """A grid of ``n`` images (the first ``n``, or a random ``n`` when ``seed`` is given) with
+    their labels as captions."""
+    count = min(n, len(images))
+    index = (np.sort(np.random.default_rng(seed).choice(len(images), count, replace=False))
+             if seed is not None else np.arange(count))
+    nrows = max(1, int(np.ceil(count / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.8 * ncols, 2.0 * nrows),
+                             layout="constrained", squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, index):
+        ax.imshow(np.asarray(images[i]), cmap="gray", vmin=0,
+                  vmax=255 if np.asarray(images[i]).dtype == np.uint8 else 1)
+        if labels is not None:
+            ax.set_title(str(labels[i]), fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_age_scatter(age_true: Sequence | np.ndarray, age_pred: np.ndarray, ax=None,
+                     title: str = "Predicted against recorded age (test split)") -> Figure:
+    """Scatter of predicted against recorded age with the identity line and the MAE."""
+    fig, ax = _axes(ax, (5, 5))
+    y, p = np.asarray(age_true, float), np.asarray(age_pred, float)
+    known = ~np.isnan(y)
+    mae = float(np.mean(np.abs(y[known] - p[known]))) if known.any() else float("nan")
+    ax.scatter(y[known], p[known], s=10, alpha=0.5, color=PALETTE[0], label="test image")
+    low = float(np.nanmin([y[known].min(), p[known].min()])) if known.any() else 0.0
+    high = float(np.nanmax([y[known].max(), p[known].max()])) if known.any() else 100.0
+    ax.plot([low, high], [low, high], color=PALETTE[5], linestyle="--",
+            label="perfect prediction")
+    ax.set(xlabel="recorded age (years)", ylabel="predicted age (years)",
+           title=f"{title}\nMAE {mae:.1f} years")
+    ax.legend(fontsize=8)
+    return fig
