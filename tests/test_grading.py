@@ -1,0 +1,143 @@
+"""Offline grading with nbgrader: exact scores for three synthetic submissions, timeouts, outputs."""
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cxrlab import authoring, grading
+from tests.test_authoring import make_solution_notebook
+
+TIMEOUT, GRACE = 4.0, 3.0
+
+
+def _chapter_with(chapter: Path, answers: dict[str, str], dest: Path) -> None:
+    """What a learner hands in: the generated chapter with some cells rewritten."""
+    nb = nbformat.read(chapter, as_version=4)
+    for cell in nb.cells:
+        gid = authoring.nb_meta(cell).get("grade_id")
+        if gid in answers:
+            cell.source = answers[gid]
+    for index, source in answers.items():
+        if isinstance(index, int):
+            nb.cells[index].source = source
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dest)
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """One grading run over five learners: solution, untouched, mistake, never-ending, stubborn."""
+    root = tmp_path_factory.mktemp("grading")
+    solutions = root / "solutions"
+    make_solution_notebook(solutions / "ch07_tiny.ipynb")
+    authoring.generate(solutions, root / "chapters", None)
+    chapter = root / "chapters" / "ch07_tiny.ipynb"
+    subs = root / "submissions"
+    (subs / "solution").mkdir(parents=True)
+    shutil.copy(solutions / "ch07_tiny.ipynb", subs / "solution" / "ch07_tiny.ipynb")
+    _chapter_with(chapter, {}, subs / "untouched" / "ch07_tiny (1).ipynb")     # renamed by a download
+    _chapter_with(chapter, {   # typical mistake: the circumference instead of the area
+        "ch07-ex1-answer": "def circle_area(r):\n    return 2 * math.pi * r",
+        "ch07-ex2-answer": "total = sum(range(10))",
+        "ch07-ex1-check": "print('I removed the check')",                     # locked: restored
+        "ch07-reflection": "**Reflection.**\n\nBecause area is two-dimensional."}, subs / "mistake" / "ch07_tiny.ipynb")
+    _chapter_with(chapter, {2: "import math\nwhile True:\n    pass"}, subs / "forever" / "ch07_tiny.ipynb")
+    _chapter_with(chapter, {2: "import math, signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                               "while True:\n    pass"}, subs / "stubborn" / "ch07_tiny.ipynb")
+    (subs / "mistake" / "notes.ipynb").write_text(chapter.read_text())        # not a chapter: ignored
+    out = root / "out"
+    run = grading.grade_submissions(subs, out, solutions=solutions, timeout=TIMEOUT, grace=GRACE,
+                                    progress=False)
+    rows = {r["learner"]: r for r in csv.DictReader(run.gradebook.open())}
+    return run, rows, out, subs
+
+
+def test_exact_scores_of_the_three_submissions(graded):
+    _, rows, _, _ = graded
+    cols = ["ch07-ex1-check", "ch07-ex2-check", "ch07-reflection", "total", "manual_pending", "max"]
+    assert [rows["solution"][c] for c in cols] == ["2", "1", grading.NEEDS_MANUAL, "3", "3", "6"]
+    assert [rows["untouched"][c] for c in cols] == ["0", "0", "0", "0", "0", "6"]
+    assert [rows["mistake"][c] for c in cols] == ["0", "1", grading.NEEDS_MANUAL, "1", "3", "6"]
+    assert rows["solution"]["notes"] == rows["mistake"]["notes"] == ""
+
+
+def test_never_ending_notebooks_are_reported_and_do_not_stop_the_run(graded):
+    run, rows, _, _ = graded
+    forever = run.results[("forever", "ch07_tiny")]
+    assert forever.status == "timeout" and "interrupted" in forever.message
+    assert forever.seconds < TIMEOUT + GRACE
+    assert rows["forever"]["total"] == "0" and "timeout" in rows["forever"]["notes"]
+    stubborn = run.results[("stubborn", "ch07_tiny")]       # ignores Ctrl-C: killed with its kernel
+    assert stubborn.status == "timeout" and "stopped, not graded" in stubborn.message
+    assert rows["stubborn"]["ch07-ex1-check"] == "timeout"
+    assert set(rows) == {"solution", "untouched", "mistake", "forever", "stubborn"}
+
+
+def test_no_kernel_left_running(graded):
+    psutil = pytest.importorskip("psutil")
+    leftovers = [p for p in psutil.process_iter(["cmdline"])
+                 if "ipykernel_launcher" in " ".join(p.info["cmdline"] or []) and
+                 "cxrlab-grading-" in " ".join(p.info["cmdline"] or [])]
+    assert leftovers == []
+
+
+def test_feedback_pages_hide_the_hidden_tests(graded):
+    _, _, out, _ = graded
+    pages = {p.parent.name: p.read_text() for p in (out / "feedback").glob("*/ch07_tiny.html")}
+    assert set(pages) == {"solution", "untouched", "mistake", "forever", "stubborn"}
+    for who, page in pages.items():
+        assert "HIDDEN TESTS" not in page and "circle_area(2)" not in page, who
+    assert "Exercise 1: not implemented yet" in pages["untouched"]
+    assert "circle_area(1) should be pi" in pages["mistake"]
+    assert "TIMEOUT" in pages["stubborn"] and "TIMEOUT" in pages["forever"]
+
+
+def test_manual_sheet_and_warnings(graded):
+    run, _, out, _ = graded
+    sheet = (out / "manual_grading.md").read_text()
+    assert "## mistake — ch07_tiny — `ch07-reflection` (max 3 points)" in sheet
+    assert "> Because area is two-dimensional." in sheet
+    assert "Full marks: scaling in two dimensions." in sheet
+    assert "untouched" not in sheet                          # an unanswered reflection scores 0
+    assert any("ignored notes.ipynb" in w for w in run.warnings)
+    details = list(csv.DictReader((out / "details.csv").open()))
+    assert len(details) == 5 * 3
+
+
+def test_writes_nothing_in_the_submissions(graded):
+    _, _, _, subs = graded
+    names = sorted(str(p.relative_to(subs)) for p in subs.rglob("*"))
+    assert names == ["forever", "forever/ch07_tiny.ipynb", "mistake", "mistake/ch07_tiny.ipynb",
+                     "mistake/notes.ipynb", "solution", "solution/ch07_tiny.ipynb", "stubborn",
+                     "stubborn/ch07_tiny.ipynb", "untouched", "untouched/ch07_tiny (1).ipynb"]
+
+
+def test_missing_chapters_and_bad_folders(tmp_path):
+    make_solution_notebook(tmp_path / "solutions" / "ch07_tiny.ipynb")
+    make_solution_notebook(tmp_path / "solutions" / "ch08_more.ipynb", chapter="ch08")
+    cells = grading.course_cells(authoring.solution_notebooks(tmp_path / "solutions"))
+    assert [c.grade_id for c in cells][:3] == ["ch07-ex1-check", "ch07-ex2-check", "ch07-reflection"]
+    empty = tmp_path / "subs"
+    (empty / "ana").mkdir(parents=True)
+    found, warnings = grading.find_submissions(empty, ["ch07_tiny", "ch08_more"])
+    assert found == {"ana": {}} and warnings == ["ana: no chapter notebooks found"]
+    path = grading.write_gradebook(tmp_path / "out", ["ana"], cells, {})
+    row = next(csv.DictReader(path.open()))
+    assert row["ch08-ex1-check"] == grading.NOT_SUBMITTED and row["total"] == "0" and row["max"] == "12"
+    with pytest.raises(grading.GradingError, match="not found"):
+        grading.find_submissions(tmp_path / "nope", ["ch07_tiny"])
+
+
+def test_cli_help_and_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cxrlab.grading", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--timeout" in proc.stdout
+    make_solution_notebook(tmp_path / "solutions" / "ch07_tiny.ipynb")
+    proc = subprocess.run([sys.executable, "-m", "cxrlab.grading", str(tmp_path / "nope")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "submissions folder not found" in proc.stderr
