@@ -70,3 +70,16 @@ def test_synthetic_is_registered(capsys):
     with pytest.raises(SystemExit) as done:
         main(["synthetic", "--help"])
     assert done.value.code == 0
+
+
+def test_aliases_used_by_the_chapters_hints(capsys):
+    with pytest.raises(SystemExit):
+        main(["chexpert", "--help"])
+    text = capsys.readouterr().out
+    assert "--max-images" in text and "--source-dir" in text
+
+
+def test_covid_without_listing_explains_where_to_get_one(capsys, monkeypatch):
+    monkeypatch.delenv("COVID19_AR_LISTING", raising=False)
+    assert main(["covid19_ar"]) == 2
+    assert "IDC portal" in capsys.readouterr().err

@@ -47,7 +47,8 @@ def add_common_args(parser: argparse.ArgumentParser, mirror_help: str) -> None:
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
                         help="stored image size in pixels, square; 0 keeps the original "
                              "(default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help="prepare at most N images")
+    parser.add_argument("--limit", "--max-images", dest="limit", type=int, default=None,
+                        help="prepare at most N images")
     parser.add_argument("--mirror", default=None, help=mirror_help)
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
     parser.add_argument("--dry-run", action="store_true",

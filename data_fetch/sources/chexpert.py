@@ -259,7 +259,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(NAME, help=f"{TITLE}: {ACCESS}", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p, "(unused for CheXpert: give --url or --local)")
-    p.add_argument("--local", default=None, help="CheXpert folder or zip ($CHEXPERT_DIR)")
+    p.add_argument("--local", "--source-dir", dest="local", default=None, help="CheXpert folder or zip ($CHEXPERT_DIR)")
     p.add_argument("--url", default=None,
                    help="signed URL of the CheXpert zip ($CHEXPERT_URL); never logged")
     p.add_argument("--demo", default=None, help=f"path or URL of {DEMO_FILE}")

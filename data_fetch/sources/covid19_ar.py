@@ -6,7 +6,7 @@ About 262 CR/DX radiographs of 104 patients, hosted in public object storage by 
 Data Commons (IDC). Too small to train on: the chapters use it to *evaluate* models and probes
 on real self-reported race labels.
 
-Where the file list comes from (``--listing``), any one of:
+Where the file list comes from (``--listing`` or ``$COVID19_AR_LISTING``), any one of:
 
 * a CSV with one row per DICOM file and a column ``gcs_url``, ``aws_url`` or ``url``
   (optionally ``PatientID``, ``Modality``, ``instance_size``), e.g. from IDC's BigQuery table::
@@ -20,7 +20,7 @@ Where the file list comes from (``--listing``), any one of:
   through the bucket's public S3 listing.
 
 ``gs://`` and ``s3://`` addresses are fetched over HTTPS (storage.googleapis.com,
-s3.amazonaws.com); ``--mirror`` replaces that host. The clinical spreadsheet (``--clinical``,
+s3.amazonaws.com); ``--mirror`` replaces that host. The clinical spreadsheet (``--clinical`` or ``$COVID19_AR_CLINICAL``,
 xlsx or csv with ``RACE``, ``SEX``, ``AGE`` and a patient id column) is on the collection's
 TCIA page (https://www.cancerimagingarchive.net/collection/covid-19-ar/). Without it, sex and
 age come from the DICOM header and race stays missing.
@@ -229,7 +229,7 @@ def build_manifest(metas: list[dict[str, Any]], clinical: pd.DataFrame | None,
     return out, excluded
 
 
-def fetch_covid19_ar(dest: str | Path | None = None, *, listing: str | Path, clinical:
+def fetch_covid19_ar(dest: str | Path | None = None, *, listing: str | Path | None = None, clinical:
                      str | Path | None = None, size: int = C.DEFAULT_SIZE,
                      limit: int | None = None, mirror: str | None = None, seed: int = 0,
                      keep_dicom: bool = False, name: str = C.DEFAULT_NAME,
@@ -242,6 +242,14 @@ def fetch_covid19_ar(dest: str | Path | None = None, *, listing: str | Path, cli
     """
     dest = C.resolve_dest(NAME, dest, name)
     net = {"retries": retries, "backoff": backoff}
+    listing = listing or C.env_default("COVID19_AR_LISTING")
+    if not listing:
+        raise ValueError(
+            "COVID-19-AR needs a file listing (--listing or $COVID19_AR_LISTING): export the "
+            "collection 'covid_19_ar' (CR/DX) from the IDC portal "
+            "(portal.imaging.datacommons.cancer.gov, s5cmd manifest) or query "
+            "bigquery-public-data.idc_current.dicom_all for gcs_url; see "
+            "python -m data_fetch covid19_ar --help")
     table = read_listing(listing, mirror, **net)
     if limit is not None:
         table = table.head(limit)
@@ -254,6 +262,7 @@ def fetch_covid19_ar(dest: str | Path | None = None, *, listing: str | Path, cli
               f"{dl.human_bytes(C.estimate_disk(len(table), size))}")
         return None
     dl.check_free_space(dest, C.estimate_disk(len(table), size, TYPICAL_DICOM_BYTES))
+    clinical = clinical or C.env_default("COVID19_AR_CLINICAL")
     clin = read_clinical(clinical, **net) if clinical else None
     if clin is None:
         C.log.warning("no clinical table given (--clinical): race will be missing")
@@ -279,7 +288,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p, "host that replaces storage.googleapis.com / s3.amazonaws.com "
                          "(or resolves relative addresses in the listing)")
-    p.add_argument("--listing", required=True,
+    p.add_argument("--listing", default=None,
                    help="CSV (gcs_url/aws_url/url column) or IDC s5cmd manifest, path or URL")
     p.add_argument("--clinical", default=None, help="clinical spreadsheet (xlsx/csv), path or URL")
     p.add_argument("--keep-dicom", action="store_true", help="keep the original DICOM files")

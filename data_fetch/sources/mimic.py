@@ -272,7 +272,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--count", type=int, default=None, help="fetch N frontal images (whole patients)")
     p.add_argument("--list", dest="image_list", default=None,
                    help="file of image paths as in IMAGE_FILENAMES")
-    p.add_argument("--local", default=None, help="local MIMIC-CXR-JPG copy ($MIMIC_CXR_DIR)")
+    p.add_argument("--local", "--source-dir", dest="local", default=None, help="local MIMIC-CXR-JPG copy ($MIMIC_CXR_DIR)")
     p.add_argument("--mimic-iv", default=None, help=f"MIMIC-IV base URL or folder (default {IV_BASE})")
     p.add_argument("--strict-race", action="store_true",
                    help="drop patients whose race strings differ at all between admissions")
