@@ -116,3 +116,27 @@ def test_real_source_found_and_capped(tmp_path, monkeypatch):
     assert set(again["patient_id"]) == set(S.manifest["patient_id"])   # deterministic
     with pytest.raises(FileNotFoundError, match="found: subset"):
         setup("nih", "tiny", dataset="other", progress=False)
+
+
+def test_split_checks_catch_leakage(fake_dataset, capsys):
+    from cxrlab import checks
+    from data_fetch.manifest import read_manifest
+
+    manifest = read_manifest(fake_dataset)
+    checks.check_patient_split(manifest["split"], manifest)
+    assert "no patient in two splits" in capsys.readouterr().out
+    as_dict = dict(zip(manifest["patient_id"], manifest["split"]))
+    checks.check_patient_split(as_dict, manifest, fractions=(0.5, 0.17, 0.33))
+    image_level = np.where(np.arange(len(manifest)) % 2 == 0, "train", "test")
+    with pytest.raises(checks.CheckFailed, match="more than one split"):
+        checks.check_patient_split(image_level, manifest)
+    with pytest.raises(AssertionError, match="expected about 80%"):
+        checks.check_patient_split(manifest["split"], manifest, fractions=(0.8, 0.1, 0.1))
+    checks.check_image_level_split(image_level, manifest)
+    with pytest.raises(checks.CheckFailed, match="still a patient-level split"):
+        checks.check_image_level_split(manifest["split"], manifest)
+    train, test = manifest[manifest.split == "train"], manifest[manifest.split == "test"]
+    checks.check_no_leakage(train, test, claimed_overlap=0)
+    leaky_test = pd.concat([test, train.iloc[:2]])
+    with pytest.raises(checks.CheckFailed, match="there are 1"):
+        checks.check_no_leakage(train, leaky_test, claimed_overlap=0)

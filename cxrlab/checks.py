@@ -1,0 +1,150 @@
+"""Learner self-checks: each prints a clear success message or raises :class:`CheckFailed`
+(an ``AssertionError``) that says what is wrong and how to look for the cause.
+
+Chapters 3-5 keep their own checks next to their code (``cxrlab.probes`` etc.) and use
+:func:`passed` and :class:`CheckFailed` from here.
+
+>>> passed("the split is patient-level")
+✔ the split is patient-level
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+class CheckFailed(AssertionError):
+    """A self-check failed; the message explains what to fix."""
+
+
+def passed(message: str) -> None:
+    """Print a success line (the learner sees this when a check passes)."""
+    print(f"✔ {message}")
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`CheckFailed` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise CheckFailed(message)
+
+
+def _split_series(split: pd.Series | Mapping[str, str] | Sequence[str],
+                  manifest: pd.DataFrame | None) -> pd.Series:
+    """The split as one label per manifest row."""
+    if isinstance(split, Mapping):
+        require(manifest is not None, "pass the manifest too when the split is a "
+                "{patient_id: split} dict")
+        missing = sorted(set(manifest["patient_id"].astype(str)) - set(map(str, split)))[:5]
+        require(not missing, f"patients without a split, e.g. {', '.join(missing)}: every "
+                "patient needs 'train', 'val' or 'test'")
+        return manifest["patient_id"].astype(str).map({str(k): v for k, v in split.items()})
+    series = pd.Series(np.asarray(split, dtype=object))
+    if manifest is not None:
+        require(len(series) == len(manifest), f"the split has {len(series)} labels but the "
+                f"manifest has {len(manifest)} rows: give one label per image")
+    return series
+
+
+def check_patient_split(split: pd.Series | Mapping[str, str] | Sequence[str],
+                        manifest: pd.DataFrame,
+                        fractions: tuple[float, float, float] | None = None,
+                        tolerance: float = 0.1) -> None:
+    """Check a learner's split: every image in train/val/test, no patient in two splits,
+    and (optionally) patient fractions near ``fractions``.
+
+    ``split``: one label per manifest row (Series/list) or a ``{patient_id: split}`` dict.
+
+    >>> check_patient_split(my_split, S.manifest, fractions=(0.6, 0.1, 0.3))  # doctest: +SKIP
+    ✔ patient-level split: 480/80/240 patients in train/val/test, no patient in two splits
+    """
+    labels = _split_series(split, manifest).reset_index(drop=True)
+    bad = sorted(set(labels.dropna().astype(str)) - set(SPLITS))
+    require(not labels.isna().any(), f"{int(labels.isna().sum())} image(s) have no split label")
+    require(not bad, f"unknown split label(s) {bad}: use only 'train', 'val' and 'test'")
+    table = pd.DataFrame({"patient": manifest["patient_id"].astype(str).to_numpy(),
+                          "split": labels.astype(str).to_numpy()})
+    per_patient = table.groupby("patient")["split"].nunique()
+    leaking = per_patient[per_patient > 1].index.tolist()
+    require(not leaking, f"{len(leaking)} patient(s) appear in more than one split, e.g. "
+            f"{', '.join(leaking[:3])}: their images would be in training AND in testing. "
+            "Assign splits to patients (groupby patient_id), then map them to images.")
+    counts = table.drop_duplicates("patient")["split"].value_counts()
+    empty = [s for s in SPLITS if counts.get(s, 0) == 0]
+    require(not empty, f"split(s) {empty} have no patients")
+    if fractions is not None:
+        share = counts / counts.sum()
+        for name, want in zip(SPLITS, fractions):
+            got = float(share.get(name, 0.0))
+            require(abs(got - want) <= tolerance, f"{name} holds {got:.0%} of the patients, "
+                    f"expected about {want:.0%}")
+    passed(f"patient-level split: {counts.get('train', 0)}/{counts.get('val', 0)}/"
+           f"{counts.get('test', 0)} patients in train/val/test, no patient in two splits")
+
+
+def check_no_leakage(train: pd.DataFrame, test: pd.DataFrame,
+                     claimed_overlap: int | Sequence[str] | None = None) -> None:
+    """Check the learner's leakage proof: the patients shared by ``train`` and ``test``.
+
+    With ``claimed_overlap`` (a count or the list of shared patient ids) the learner's own
+    computation is compared with the truth; the check passes when nothing is shared.
+    """
+    shared = sorted(set(train["patient_id"].astype(str)) & set(test["patient_id"].astype(str)))
+    if claimed_overlap is not None:
+        claimed = claimed_overlap if isinstance(claimed_overlap, (int, np.integer)) else \
+            len(set(map(str, claimed_overlap)))
+        require(int(claimed) == len(shared), f"you found {claimed} shared patient(s) but there "
+                f"are {len(shared)}: compare the sets of patient_id, not image_id")
+    require(not shared, f"{len(shared)} patient(s) are in both train and test, e.g. "
+            f"{', '.join(shared[:3])}: this split leaks")
+    passed(f"no leakage: the {train['patient_id'].nunique()} training and "
+           f"{test['patient_id'].nunique()} test patients are disjoint")
+
+
+def check_image_level_split(split: pd.Series | Sequence[str], manifest: pd.DataFrame) -> None:
+    """Check an image-level split for the chapter-2 leakage exercise: every image labelled,
+    and (that is the point) some patients have images in both train and test."""
+    labels = _split_series(split, manifest).reset_index(drop=True).astype(str)
+    bad = sorted(set(labels) - set(SPLITS))
+    require(not bad, f"unknown split label(s) {bad}: use only 'train', 'val' and 'test'")
+    table = pd.DataFrame({"patient": manifest["patient_id"].astype(str).to_numpy(),
+                          "split": labels.to_numpy()})
+    in_train = set(table.loc[table.split == "train", "patient"])
+    in_test = set(table.loc[table.split == "test", "patient"])
+    shared = in_train & in_test
+    require(bool(in_train) and bool(in_test), "both train and test need images")
+    require(bool(shared), "no patient has images in both train and test: this is still a "
+            "patient-level split. Shuffle the IMAGES (not the patients) into splits.")
+    passed(f"image-level split: {len(shared)} patient(s) have images in both train and test "
+           "(the leakage we want to measure)")
+
+
+AUC_COLUMNS = ("class", "auc", "ci_low", "ci_high")
+
+
+def check_auc_table(table: pd.DataFrame, classes: Sequence[str] | None = None,
+                    min_auc: float | None = None) -> None:
+    """Check an AUC table from :func:`cxrlab.metrics.auc_table`: its columns, one row per
+    class, AUCs in [0, 1] inside their confidence intervals, optionally above ``min_auc``."""
+    require(isinstance(table, pd.DataFrame), f"expected a DataFrame, got {type(table).__name__}")
+    missing = [c for c in AUC_COLUMNS if c not in table.columns]
+    require(not missing, f"the table lacks column(s) {missing}; use cxrlab.metrics.auc_table")
+    if classes is not None:
+        require(list(map(str, table["class"])) == list(map(str, classes)),
+                f"rows are {list(table['class'])}, expected one per class {list(classes)}: "
+                "did you pass the class names in the order of the probability columns?")
+    auc = table["auc"].astype(float)
+    require(auc.notna().all(), "some AUCs are NaN: does every class occur in the test split?")
+    require(auc.between(0, 1).all(), "AUCs must lie between 0 and 1")
+    inside = (table["ci_low"] <= auc + 1e-9) & (auc <= table["ci_high"] + 1e-9)
+    require(inside.all(), "every AUC should lie inside its confidence interval: did you swap "
+            "columns or pass probabilities of the wrong class?")
+    if min_auc is not None:
+        low = table.loc[auc < min_auc, "class"].tolist()
+        require(not low, f"AUC below {min_auc} for {low}: were the probabilities computed on "
+                "the test split with the trained model (not an untrained one)?")
+    summary = ", ".join(f"{c} {a:.3f}" for c, a in zip(table["class"], auc))
+    passed(f"AUC table looks right: {summary}")
