@@ -167,3 +167,14 @@ def test_parse_archives():
     assert nih.parse_archives("1,3-4") == [1, 3, 4]
     with pytest.raises(ValueError):
         nih.archive_url(13)
+
+
+def test_data_entry_from_torchxrayvision_copy(tmp_path, monkeypatch):
+    import gzip
+    monkeypatch.setattr(nih, "_bundled_data_entry", lambda: gzip.compress(data_entry_csv()))
+    routes = mirror_routes()
+    del routes["/Data_Entry_2017_v2020.csv"]
+    with LoopbackServer(routes) as srv:
+        out = fetch(srv, tmp_path / "nih")
+    assert "torchxrayvision package" in (out.parent / "manifest.json").read_text()
+    assert len(read_manifest(out)) == len(IMAGES)

@@ -94,6 +94,19 @@ def _bundled_data_entry() -> bytes | None:
         return None
 
 
+def _data_entry_fallbacks(mirror: str | None, net: dict) -> tuple[bytes, str]:
+    """The table from the mirror if it has one, else torchxrayvision's copy, else the web."""
+    if mirror:
+        try:
+            return dl.read_location(dl.join_url(mirror, DATA_ENTRY), **net), "mirror"
+        except dl.DownloadError as err:
+            C.log.warning("no %s on the mirror (%s); trying other copies", DATA_ENTRY, err)
+    bundled = _bundled_data_entry()
+    if bundled is not None:
+        return bundled, "torchxrayvision package"
+    return dl.read_location(DATA_ENTRY_URL, **net), DATA_ENTRY_URL
+
+
 def load_data_entry(location: str | None, mirror: str | None, cache: Path,
                     **net: Any) -> tuple[pd.DataFrame, str]:
     """The Data_Entry table and where it came from (explicit path/URL, mirror, package, web)."""
@@ -102,12 +115,8 @@ def load_data_entry(location: str | None, mirror: str | None, cache: Path,
         return _read_table(cached.read_bytes()), "cache"
     if location is not None:
         data, origin = dl.read_location(location, **net), dl.redact_url(str(location))
-    elif mirror:
-        data, origin = dl.read_location(dl.join_url(mirror, DATA_ENTRY), **net), "mirror"
-    elif (bundled := _bundled_data_entry()) is not None:
-        data, origin = bundled, "torchxrayvision package"
     else:
-        data, origin = dl.read_location(DATA_ENTRY_URL, **net), DATA_ENTRY_URL
+        data, origin = _data_entry_fallbacks(mirror, net)
     table = _read_table(data)
     missing = {"Image Index", "Finding Labels", "Patient ID"} - set(table.columns)
     if missing:
