@@ -508,3 +508,210 @@ def make_degradation(name: str, level: float) -> Degradation:
         raise KeyError(f"unknown degradation {name!r}; choose one of {', '.join(SEVERITY_SWEEPS)}")
     spec = SEVERITY_SWEEPS[name]
     return spec.make(int(level) if spec.integer else level)
+
+
+# --------------------------------------------------------------------------- experiments
+def degrade_images(images: np.ndarray, degradation: Callable[[torch.Tensor], torch.Tensor],
+                   batch_size: int = 256) -> np.ndarray:
+    """Apply ``degradation`` to uint8 (or float) images ``(N, H, W)`` in batches; float32 out.
+
+    The result is what :meth:`cxrlab.store.TrainedModel.predict` takes, and unlike per-image
+    transforms it runs one FFT per batch.
+    """
+    out = np.empty(np.shape(images), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = _as_float_tensor(np.asarray(images[start:start + batch_size])).float()
+        out[start:start + batch_size] = degradation(batch[:, None])[:, 0].numpy()
+    return out
+
+
+def _macro_row(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], groups: Any,
+               n_boot: int, seed: int) -> dict[str, Any]:
+    from cxrlab.metrics import bootstrap_ci, macro_auc
+
+    ci = bootstrap_ci(lambda a, b: macro_auc(a, b, classes), y, proba, groups=groups,
+                      n_boot=n_boot, seed=seed)
+    return {"class": "macro", "auc": ci.estimate, "ci_low": ci.low, "ci_high": ci.high}
+
+
+def auc_rows(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], groups: Any = None,
+             n_boot: int = 100, seed: int = 0) -> list[dict[str, Any]]:
+    """Per-class one-vs-rest AUCs and the macro AUC, each with a patient-bootstrap 95% CI."""
+    from cxrlab.metrics import auc_table
+
+    table = auc_table(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed)
+    rows = table[["class", "auc", "ci_low", "ci_high"]].to_dict("records")
+    if np.ndim(proba) == 2:
+        rows.append(_macro_row(y, proba, classes, groups, n_boot, seed))
+    return rows
+
+
+def sweep_at_test_time(trained_model: Any, images: np.ndarray, y_true: np.ndarray, classes: Sequence[str],
+                    name: str, levels: Sequence[float] | None = None, groups: Any = None,
+                    n_boot: int = 100, seed: int = 0, progress: bool = True):
+    """Degrade the test images at each level and score a model trained on *clean* images.
+
+    ``trained_model`` has ``.predict(float_images) -> proba`` (a ``TrainedModel``). Returns a
+    DataFrame with ``degradation, level, class, auc, ci_low, ci_high`` (class ``macro`` included).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    spec = SEVERITY_SWEEPS[name]
+    rows = []
+    for level in tqdm(levels or spec.levels, desc=f"sweeping {name}", disable=not progress, leave=False):
+        proba = trained_model.predict(degrade_images(images, make_degradation(name, level)))
+        for row in auc_rows(y_true, proba, classes, groups, n_boot, seed):
+            rows.append({"degradation": name, "level": level, **row})
+    return pd.DataFrame(rows)
+
+
+def train_on_degraded(session: Any, name: str, levels: Sequence[float], target: str = "race",
+                      n_boot: int = 100, seed: int = 0):
+    """The paper's method: train *and* test on degraded images, one model per level.
+
+    Models come from :func:`cxrlab.store.get_model` with variant ``"<name>-<level>"`` (trained
+    once, then loaded from the store). Returns the same columns as :func:`sweep_at_test_time`.
+    """
+    import pandas as pd
+
+    from cxrlab.store import get_model
+
+    rows = []
+    for level in levels:
+        tm = get_model(session, target, variant=f"{name}-{level:g}",
+                       train_transform=make_degradation(name, level))
+        groups = session.manifest["patient_id"].to_numpy()[tm.test_index]
+        for row in auc_rows(tm.test_targets, tm.test_proba, tm.classes, groups, n_boot, seed):
+            rows.append({"degradation": name, "level": level, **row})
+    return pd.DataFrame(rows)
+
+
+def tile_auc_grid(trained_model: Any, images: np.ndarray, y_true: np.ndarray, classes: Sequence[str],
+                  mode: str = "black_out", groups: Any = None, n_boot: int = 50, seed: int = 0,
+                  grid: int = GRID):
+    """Macro AUC (with CI) of a clean-trained model when one tile is blacked out (``mode=
+    "black_out"``) or is all that is left (``"keep"``), for each of the 3x3 tiles.
+
+    Returns a DataFrame with ``tile, row, col, auc, ci_low, ci_high``; pivot with
+    ``df.pivot(index="row", columns="col", values="auc")`` for a heat map.
+    """
+    import pandas as pd
+
+    if mode not in ("black_out", "keep"):
+        raise ValueError(f"mode must be 'black_out' or 'keep', not {mode!r}")
+    fn = black_out_tile if mode == "black_out" else keep_tile
+    rows = []
+    for tile in range(grid * grid):
+        proba = trained_model.predict(degrade_images(images, lambda x, t=tile: fn(x, t, grid)))
+        row = _macro_row(y_true, proba, classes, groups, n_boot, seed)
+        r, c = divmod(tile, grid)
+        rows.append({"tile": tile, "row": r, "col": c, "auc": row["auc"], "ci_low": row["ci_low"],
+                     "ci_high": row["ci_high"]})
+    return pd.DataFrame(rows)
+
+
+def first_level_below(table, threshold: float = 0.6, cls: str = "macro") -> float | None:
+    """The mildest level (in sweep order) at which ``cls``'s AUC falls below ``threshold``;
+    ``None`` if it never does."""
+    rows = table[table["class"] == cls]
+    below = rows[rows["auc"] < threshold]
+    return None if below.empty else below["level"].iloc[0]
+
+
+def plot_sweep(curves: dict[str, Any], name: str, paper: dict[str, Sequence[float]] | None = None,
+               paper_label: str = "paper", cls: str = "macro", ax: Any = None):
+    """AUC against severity for one degradation: one line with a CI band per entry of ``curves``
+    (label -> table from :func:`sweep_at_test_time` / :func:`train_on_degraded`), the paper's curve
+    (``{"level": [...], "auc": [...]}``) dashed. Radii use a log axis."""
+    import matplotlib.pyplot as plt
+
+    from cxrlab.plots import PALETTE
+
+    spec = SEVERITY_SWEEPS[name]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, (label, table) in enumerate(curves.items()):
+        rows = table[table["class"] == cls].sort_values("level")
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(rows["level"], rows["auc"], "o-", color=color, label=label)
+        ax.fill_between(rows["level"], rows["ci_low"], rows["ci_high"], color=color, alpha=0.2)
+    if paper is not None:
+        ax.plot(paper["level"], paper["auc"], "k--", marker="x", label=paper_label)
+    ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
+    if spec.param == "d" or name == "downsample":
+        ax.set_xscale("log")
+    ax.set_ylim(0.3, 1.02)
+    ax.set_xlabel(f"{spec.param} ({spec.unit})")
+    ax.set_ylabel(f"AUC ({cls})")
+    ax.set_title(spec.label, fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    return ax
+
+
+def plot_tile_grid(table, title: str, ax: Any = None, vmin: float = 0.5, vmax: float = 1.0):
+    """3x3 heat map of the macro AUC per tile (from :func:`tile_auc_grid`), values written in."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.4, 3.2))
+    grid = table.pivot(index="row", columns="col", values="auc").to_numpy()
+    im = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax)
+    for (r, c), value in np.ndenumerate(grid):
+        ax.text(c, r, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.8 else "black")
+    ax.set_xticks(range(grid.shape[1])); ax.set_yticks(range(grid.shape[0]))
+    ax.set_xlabel("tile column"); ax.set_ylabel("tile row")
+    ax.set_title(title, fontsize=10)
+    plt.colorbar(im, ax=ax, fraction=0.046, label="macro AUC")
+    return ax
+
+
+# --------------------------------------------------------------------------- learner self-checks
+def check_high_pass(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
+    """Self-check for the exercise "implement the high-pass filter".
+
+    ``fn(image, d)`` takes a float ``(H, W)`` numpy image and a radius on the 224-px grid.
+    """
+    rng = np.random.default_rng(0)
+    img = rng.random((64, 64))
+    out = fn(img.copy(), 25)
+    assert isinstance(out, np.ndarray), f"return a numpy array, not {type(out).__name__}"
+    assert out.shape == img.shape, f"the output has shape {out.shape}; it should keep the image's {img.shape}"
+    assert np.isrealobj(out), "return the real part of the inverse FFT (np.real or .real)"
+    assert abs(float(out.mean())) < 1e-6, (
+        f"the mean of the output is {out.mean():.3f}, not 0: a high-pass filter removes the "
+        "zero frequency (the centre of the shifted spectrum, or index [0, 0] unshifted)")
+    wave = 0.5 + 0.25 * np.cos(2 * np.pi * 8 * np.arange(64) / 64)[None, :].repeat(64, 0)
+    kept, removed = fn(wave, 20), fn(wave, 40)   # 8 cycles per image = radius 28 on the 224 grid
+    assert np.allclose(kept, wave - 0.5, atol=1e-6), (
+        "a sinusoid at radius 28 (8 cycles per 64-px image) should pass a high-pass with d=20; "
+        "did you scale d by size/224, and keep frequencies with radius > d?")
+    assert np.allclose(removed, 0, atol=1e-6), (
+        "a sinusoid at radius 28 should be removed by a high-pass with d=40")
+    assert np.allclose(out, high_pass(img, 25), atol=1e-6), (
+        "close, but the output differs from cxrlab.degrade.high_pass: check the mask (radius "
+        "computed from np.fft.fftfreq(n) * 224, keep radius > d)")
+    print("Correct: your high-pass filter removes the mean and keeps exactly the frequencies above d.")
+
+
+def check_first_level_below(answer: float | None, table, threshold: float = 0.6) -> None:
+    """Self-check for "find the radius where AUC falls below 0.6" on a sweep ``table``."""
+    truth = first_level_below(table, threshold)
+    name = table["degradation"].iloc[0]
+    if truth is None:
+        assert answer is None, (f"the macro AUC never falls below {threshold} in this {name} sweep; "
+                                "the answer should be None")
+    else:
+        assert answer is not None, (f"the macro AUC does fall below {threshold}: look at the rows "
+                                    "with class == 'macro'")
+        assert float(answer) == float(truth), (
+            f"{answer} is not the first level (mildest first, in the table's order) where the "
+            f"macro AUC < {threshold}; filter class == 'macro', then auc < {threshold}, then take "
+            "the first row")
+    print(f"Correct: in the {name} sweep the macro AUC first drops below {threshold} at "
+          f"{spec_param(name)} = {truth}.")
+
+
+def spec_param(name: str) -> str:
+    """The swept parameter's name for a degradation (``d``, ``sigma``, ...)."""
+    return SEVERITY_SWEEPS[name].param if name in SEVERITY_SWEEPS else "level"

@@ -211,3 +211,37 @@ def show_maps(images: np.ndarray | torch.Tensor, maps: dict[str, np.ndarray], n:
             ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- learner self-check
+VERDICTS = {
+    "located": "The group signal sits in the lungs: that is where the map is bright.",
+    "anatomy": "The model reads the group from anatomy, so the finding has a biological cause.",
+    "sensitivity": ("The map shows where small pixel changes move the score most. It does not say "
+                    "which property of the image (texture, frequency band, intensity) carries the "
+                    "group signal, and it is evidence only as far as it differs from the map of a "
+                    "model with random weights."),
+    "useless": "Saliency maps are always meaningless and should never be computed.",
+}
+"""Readings of a saliency map for chapter 4's exercise; one is defensible."""
+
+
+def check_saliency_reading(share_in_lungs: float, lung_area: float, verdict: str,
+                           maps: np.ndarray, masks: np.ndarray) -> None:
+    """Self-check for "interpret a saliency map": the two numbers and the chosen reading."""
+    truth_share = float(region_fraction(maps, masks).mean())
+    truth_area = float(np.asarray(masks, dtype=float).mean())
+    assert abs(float(lung_area) - truth_area) < 1e-3, (
+        f"lung_area = {lung_area:.3f}, expected {truth_area:.3f}: the mean of the boolean masks "
+        "(share of all pixels that are lung)")
+    assert abs(float(share_in_lungs) - truth_share) < 1e-3, (
+        f"share_in_lungs = {share_in_lungs:.3f}, expected {truth_share:.3f}: use "
+        "saliency.region_fraction(maps, masks).mean() (attribution inside the lungs / total)")
+    assert verdict in VERDICTS, f"verdict must be one of {sorted(VERDICTS)}, not {verdict!r}"
+    ratio = truth_share / max(truth_area, 1e-9)
+    assert verdict == "sensitivity", (
+        f"reconsider {verdict!r}: the lungs hold {truth_share:.0%} of the attribution for "
+        f"{truth_area:.0%} of the pixels (ratio {ratio:.1f}). Does *where* a gradient is large "
+        "tell you *what* the model uses there? And what did the randomised-weights check show?")
+    print(f"Correct: the lungs hold {truth_share:.0%} of the attribution on {truth_area:.0%} of the "
+          f"pixels (x{ratio:.1f}), which says where the model is sensitive, not what it reads.")

@@ -217,3 +217,58 @@ def test_sweeps_are_described():
     assert D.SEVERITY_SWEEPS["high_pass"].levels == D.PAPER_RADII
     with pytest.raises(KeyError, match="unknown degradation"):
         D.make_degradation("sepia", 1)
+
+
+class DetailModel:
+    """Stand-in classifier: class 1 iff the image has fine detail; knows nothing else."""
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        detail = np.abs(np.diff(np.asarray(images, float), axis=-1)).mean(axis=(-2, -1))
+        p = 1 / (1 + np.exp(-(detail - 0.02) * 200))
+        return np.stack([1 - p, p], axis=1)
+
+
+@pytest.fixture
+def detail_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    smooth = np.full((60, 32, 32), 0.5) + 0.1 * np.linspace(0, 1, 32)[None, None, :]
+    texture = 0.08 * rng.standard_normal((60, 32, 32)) * y[:, None, None]
+    return (np.clip(smooth + texture, 0, 1) * 255).astype(np.uint8), y
+
+
+def test_degrade_images_batches_like_the_functional_form(detail_data):
+    images, _ = detail_data
+    out = D.degrade_images(images, D.LowPass(50), batch_size=7)
+    assert out.dtype == np.float32 and out.shape == images.shape
+    np.testing.assert_allclose(out, D.low_pass(images.astype(np.float32) / 255, 50), atol=1e-5)
+
+
+def test_sweep_at_test_time_and_first_level_below(detail_data):
+    images, y = detail_data
+    table = D.sweep_at_test_time(DetailModel(), images, y, ["smooth", "textured"], "low_pass",
+                                 n_boot=20, progress=False)
+    assert set(table.columns) >= {"degradation", "level", "class", "auc", "ci_low", "ci_high"}
+    macro = table[table["class"] == "macro"].set_index("level")["auc"]
+    assert macro[200] == 1.0 and macro[1] == 0.5     # detail removed -> chance
+    level = D.first_level_below(table, 0.6)
+    assert level is not None and macro[level] < 0.6 and all(macro.loc[: level].iloc[:-1] >= 0.6)
+    D.check_first_level_below(level, table)
+    with pytest.raises(AssertionError, match="not the first level"):
+        D.check_first_level_below(200, table)
+
+
+def test_tile_auc_grid(detail_data):
+    images, y = detail_data
+    grid = D.tile_auc_grid(DetailModel(), images, y, ["smooth", "textured"], "keep", n_boot=10)
+    assert list(grid["tile"]) == list(range(9)) and grid["auc"].between(0, 1).all()
+    with pytest.raises(ValueError, match="mode"):
+        D.tile_auc_grid(DetailModel(), images, y, ["a", "b"], "rotate")
+
+
+def test_check_high_pass_accepts_a_correct_filter_and_explains_mistakes():
+    D.check_high_pass(lambda img, d: D.high_pass(img, d))
+    with pytest.raises(AssertionError, match="zero frequency"):
+        D.check_high_pass(lambda img, d: D.low_pass(img, d))
+    with pytest.raises(AssertionError, match="size/224"):   # d used without the 224-grid scaling
+        D.check_high_pass(lambda img, d: D.high_pass(img, d, reference_size=None))

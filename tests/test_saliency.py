@@ -121,3 +121,13 @@ def test_tile_shares_sum_to_one():
     assert shares.shape == (3, 3) and shares.sum() == pytest.approx(1.0)
     one = np.zeros((1, 12, 12)); one[0, 0, 11] = 1
     assert S.tile_shares(one)[0, 2] == 1.0
+
+
+def test_check_saliency_reading():
+    maps = np.zeros((2, 4, 4)); maps[:, 0, 0] = 1; maps[:, 3, 3] = 1
+    masks = np.zeros((2, 4, 4), bool); masks[:, :2, :2] = True
+    S.check_saliency_reading(0.5, 0.25, "sensitivity", maps, masks)
+    with pytest.raises(AssertionError, match="reconsider"):
+        S.check_saliency_reading(0.5, 0.25, "located", maps, masks)
+    with pytest.raises(AssertionError, match="share_in_lungs"):
+        S.check_saliency_reading(0.9, 0.25, "sensitivity", maps, masks)
