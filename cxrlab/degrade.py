@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrlab.checks import passed, require
+
 REFERENCE_SIZE = 224
 GRID = 3
 
@@ -675,23 +677,23 @@ def check_high_pass(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
     rng = np.random.default_rng(0)
     img = rng.random((64, 64))
     out = fn(img.copy(), 25)
-    assert isinstance(out, np.ndarray), f"return a numpy array, not {type(out).__name__}"
-    assert out.shape == img.shape, f"the output has shape {out.shape}; it should keep the image's {img.shape}"
-    assert np.isrealobj(out), "return the real part of the inverse FFT (np.real or .real)"
-    assert abs(float(out.mean())) < 1e-6, (
+    require(isinstance(out, np.ndarray), f"return a numpy array, not {type(out).__name__}")
+    require(out.shape == img.shape, f"the output has shape {out.shape}; it should keep the image's {img.shape}")
+    require(np.isrealobj(out), "return the real part of the inverse FFT (np.real or .real)")
+    require(abs(float(out.mean())) < 1e-6, (
         f"the mean of the output is {out.mean():.3f}, not 0: a high-pass filter removes the "
-        "zero frequency (the centre of the shifted spectrum, or index [0, 0] unshifted)")
+        "zero frequency (the centre of the shifted spectrum, or index [0, 0] unshifted)"))
     wave = 0.5 + 0.25 * np.cos(2 * np.pi * 8 * np.arange(64) / 64)[None, :].repeat(64, 0)
     kept, removed = fn(wave, 20), fn(wave, 40)   # 8 cycles per image = radius 28 on the 224 grid
-    assert np.allclose(kept, wave - 0.5, atol=1e-6), (
+    require(np.allclose(kept, wave - 0.5, atol=1e-6), (
         "a sinusoid at radius 28 (8 cycles per 64-px image) should pass a high-pass with d=20; "
-        "did you scale d by size/224, and keep frequencies with radius > d?")
-    assert np.allclose(removed, 0, atol=1e-6), (
-        "a sinusoid at radius 28 should be removed by a high-pass with d=40")
-    assert np.allclose(out, high_pass(img, 25), atol=1e-6), (
+        "did you scale d by size/224, and keep frequencies with radius > d?"))
+    require(np.allclose(removed, 0, atol=1e-6), (
+        "a sinusoid at radius 28 should be removed by a high-pass with d=40"))
+    require(np.allclose(out, high_pass(img, 25), atol=1e-6), (
         "close, but the output differs from cxrlab.degrade.high_pass: check the mask (radius "
-        "computed from np.fft.fftfreq(n) * 224, keep radius > d)")
-    print("Correct: your high-pass filter removes the mean and keeps exactly the frequencies above d.")
+        "computed from np.fft.fftfreq(n) * 224, keep radius > d)"))
+    passed("Correct: your high-pass filter removes the mean and keeps exactly the frequencies above d.")
 
 
 def check_first_level_below(answer: float | None, table, threshold: float = 0.6) -> None:
@@ -699,16 +701,16 @@ def check_first_level_below(answer: float | None, table, threshold: float = 0.6)
     truth = first_level_below(table, threshold)
     name = table["degradation"].iloc[0]
     if truth is None:
-        assert answer is None, (f"the macro AUC never falls below {threshold} in this {name} sweep; "
-                                "the answer should be None")
+        require(answer is None, (f"the macro AUC never falls below {threshold} in this {name} sweep; "
+                                "the answer should be None"))
     else:
-        assert answer is not None, (f"the macro AUC does fall below {threshold}: look at the rows "
-                                    "with class == 'macro'")
-        assert float(answer) == float(truth), (
+        require(answer is not None, (f"the macro AUC does fall below {threshold}: look at the rows "
+                                    "with class == 'macro'"))
+        require(float(answer) == float(truth), (
             f"{answer} is not the first level (mildest first, in the table's order) where the "
             f"macro AUC < {threshold}; filter class == 'macro', then auc < {threshold}, then take "
-            "the first row")
-    print(f"Correct: in the {name} sweep the macro AUC first drops below {threshold} at "
+            "the first row"))
+    passed(f"Correct: in the {name} sweep the macro AUC first drops below {threshold} at "
           f"{spec_param(name)} = {truth}.")
 
 

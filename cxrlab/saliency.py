@@ -22,6 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrlab.checks import passed, require
+
 METHODS = ("gradient", "integrated_gradients", "occlusion")
 
 
@@ -231,17 +233,17 @@ def check_saliency_reading(share_in_lungs: float, lung_area: float, verdict: str
     """Self-check for "interpret a saliency map": the two numbers and the chosen reading."""
     truth_share = float(region_fraction(maps, masks).mean())
     truth_area = float(np.asarray(masks, dtype=float).mean())
-    assert abs(float(lung_area) - truth_area) < 1e-3, (
+    require(abs(float(lung_area) - truth_area) < 1e-3, (
         f"lung_area = {lung_area:.3f}, expected {truth_area:.3f}: the mean of the boolean masks "
-        "(share of all pixels that are lung)")
-    assert abs(float(share_in_lungs) - truth_share) < 1e-3, (
+        "(share of all pixels that are lung)"))
+    require(abs(float(share_in_lungs) - truth_share) < 1e-3, (
         f"share_in_lungs = {share_in_lungs:.3f}, expected {truth_share:.3f}: use "
-        "saliency.region_fraction(maps, masks).mean() (attribution inside the lungs / total)")
-    assert verdict in VERDICTS, f"verdict must be one of {sorted(VERDICTS)}, not {verdict!r}"
+        "saliency.region_fraction(maps, masks).mean() (attribution inside the lungs / total)"))
+    require(verdict in VERDICTS, f"verdict must be one of {sorted(VERDICTS)}, not {verdict!r}")
     ratio = truth_share / max(truth_area, 1e-9)
-    assert verdict == "sensitivity", (
+    require(verdict == "sensitivity", (
         f"reconsider {verdict!r}: the lungs hold {truth_share:.0%} of the attribution for "
         f"{truth_area:.0%} of the pixels (ratio {ratio:.1f}). Does *where* a gradient is large "
-        "tell you *what* the model uses there? And what did the randomised-weights check show?")
-    print(f"Correct: the lungs hold {truth_share:.0%} of the attribution on {truth_area:.0%} of the "
+        "tell you *what* the model uses there? And what did the randomised-weights check show?"))
+    passed(f"Correct: the lungs hold {truth_share:.0%} of the attribution on {truth_area:.0%} of the "
           f"pixels (x{ratio:.1f}), which says where the model is sensitive, not what it reads.")
