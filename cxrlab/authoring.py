@@ -51,9 +51,10 @@ import nbformat
 from nbformat import NotebookNode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SOLUTIONS_DIR = REPO_ROOT / "solutions"
-CHAPTERS_DIR = REPO_ROOT / "chapters"
-RUBRICS_PATH = REPO_ROOT / "instructors" / "rubrics.md"
+# Command-line defaults are relative to the working directory (the course checkout, as `make` runs).
+SOLUTIONS_DIR = Path("solutions")
+CHAPTERS_DIR = Path("chapters")
+RUBRICS_PATH = Path("instructors") / "rubrics.md"
 
 RAISES_TAG = "raises-exception"
 _STUB_TOKEN = "@@CXRLAB_EXERCISE_STUB@@"

@@ -115,6 +115,7 @@ def find_submissions(submissions: Path, chapters: list[str], exclude: Path | Non
                      ) -> tuple[dict[str, dict[str, Path]], list[str]]:
     """Map ``learner -> {chapter: notebook}``; also return warnings about files not understood.
 
+    Folders whose name starts with ``_`` or ``.``, and earlier grading outputs, are not learners.
     A notebook matches a chapter by its exact name (``ch01_data.ipynb``) or, failing that, by
     its chapter prefix (``ch01_data (1).ipynb``, ``ch01-mine.ipynb``) when that is unambiguous.
     """
@@ -123,8 +124,9 @@ def find_submissions(submissions: Path, chapters: list[str], exclude: Path | Non
     found: dict[str, dict[str, Path]] = {}
     warnings: list[str] = []
     for folder in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if exclude is not None and folder.resolve() == exclude.resolve():
-            continue
+        if (exclude is not None and folder.resolve() == exclude.resolve()) or folder.name.startswith("_") \
+                or (folder / "gradebook.csv").exists():
+            continue   # our own output (default SUBMISSIONS/_grades), not a learner
         mine: dict[str, Path] = {}
         for nb_path in sorted(folder.rglob("*.ipynb")):
             if ".ipynb_checkpoints" in nb_path.parts:
@@ -473,7 +475,7 @@ def grade_submissions(submissions: Path, out: Path | None = None, *, solutions: 
 def default_solutions() -> Path:
     """``./solutions`` when run from a course checkout, else the repository's own ``solutions/``."""
     local = Path.cwd() / "solutions"
-    return local if local.is_dir() else authoring.SOLUTIONS_DIR
+    return local if local.is_dir() else authoring.REPO_ROOT / "solutions"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -141,3 +142,68 @@ def test_cli_help_and_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cxrlab.grading", str(tmp_path / "nope")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "submissions folder not found" in proc.stderr
+
+
+# ------------------------------------------------------------------ the instructor guide, as written
+REPO = Path(__file__).resolve().parents[1]
+GUIDE = REPO / "instructors" / "README.md"
+_BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
+
+
+def _guide_blocks() -> list[tuple[str, bool, str]]:
+    """(language, marked for testing, body) of every fenced block in the instructor guide."""
+    return [(m[1], "test" in m[2].split(), m[3]) for m in _BLOCK.finditer(GUIDE.read_text())]
+
+
+@pytest.fixture
+def sandbox(tmp_path) -> Path:
+    """A course checkout in miniature: the Makefile, the venv, one fabricated chapter, one learner."""
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).resolve().parents[1]
+                                    if not (REPO / ".venv").exists() else REPO / ".venv")
+    make_solution_notebook(tmp_path / "solutions" / "ch07_tiny.ipynb")
+    (tmp_path / "submissions" / "ana").mkdir(parents=True)
+    shutil.copy(tmp_path / "solutions" / "ch07_tiny.ipynb", tmp_path / "submissions" / "ana")
+    return tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_instructor_guide_commands_run_as_written(sandbox):
+    tested = [body for lang, marked, body in _guide_blocks() if marked]
+    assert len(tested) >= 3, "the guide should mark its chapters and grading commands for testing"
+    for body in tested:
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=sandbox,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"guide block failed:\n{body}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert (sandbox / "chapters" / "ch07_tiny.ipynb").exists()
+    assert (sandbox / "instructors" / "rubrics.md").exists()
+    for out in (sandbox / "submissions" / "_grades", sandbox / "grades"):
+        row = next(csv.DictReader((out / "gradebook.csv").open()))
+        assert (row["learner"], row["total"], row["max"]) == ("ana", "3", "6")
+        assert (out / "feedback" / "ana" / "ch07_tiny.html").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_every_make_target_in_the_guide_exists(sandbox):
+    text = "\n".join(body for lang, _, body in _guide_blocks() if lang in ("bash", "sh"))
+    targets = set(re.findall(r"^\s*make (\w[\w-]*)", text, flags=re.M))
+    assert {"setup", "course", "chapters", "grade"} <= targets
+    for target in sorted(targets):
+        proc = subprocess.run(["make", "-n", target, "SUBMISSIONS=submissions"], cwd=sandbox,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"make {target}: {proc.stderr}"
+
+
+def test_every_python_module_command_in_the_guide_accepts_its_options():
+    """Each ``python -m module [sub] --opt`` quoted in the guide exists and knows its options."""
+    calls = set(re.findall(r"python -m ([\w.]+)((?: [^`\n]*)?)", GUIDE.read_text()))
+    assert len(calls) >= 4
+    for module, rest in sorted(calls):
+        words = rest.split()
+        sub = [words[0]] if words and not words[0].startswith("-") and module != "cxrlab.grading" else []
+        proc = subprocess.run([sys.executable, "-m", module, *sub, "--help"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"python -m {module} {' '.join(sub)} --help: {proc.stderr[-1000:]}"
+        for option in (w.split("=")[0] for w in words if w.startswith("--")):
+            assert option in proc.stdout, f"python -m {module}: the guide uses {option}, --help lists no such option"
