@@ -300,7 +300,7 @@ def split_rubric(markdown: str) -> tuple[str, str]:
     return prompt, match.group(1).strip()
 
 
-def _prompt_for(cells: list[NotebookNode], index: int) -> str:
+def reflection_prompt(cells: list[NotebookNode], index: int) -> str:
     """The question text: the reflection cell's own text, or the markdown cell just before it."""
     prompt, _ = split_rubric(cells[index].source)
     if prompt:
@@ -333,9 +333,9 @@ def render_rubrics(solutions: Iterable[Path]) -> str:
             lines.append(f"| `{meta.get('grade_id')}` | {kind} | {points:g} |")
             if cell.cell_type == "markdown":
                 prompt, rubric = split_rubric(cell.source)
-                prompt = prompt or _prompt_for(nb.cells, i)
+                prompt = prompt or reflection_prompt(nb.cells, i)
                 rubrics += [f"### `{meta.get('grade_id')}` ({points:g} points)", "",
-                            "**Question.**", "", _quote(prompt), "", "**Rubric.**", "",
+                            "**Question.**", "", quote_markdown(prompt), "", "**Rubric.**", "",
                             rubric or "_No rubric written yet._", ""]
         grand += total
         lines += [f"| **total** | | **{total:g}** |", ""] + rubrics
@@ -343,7 +343,8 @@ def render_rubrics(solutions: Iterable[Path]) -> str:
     return "\n".join(lines)
 
 
-def _quote(text: str) -> str:
+def quote_markdown(text: str) -> str:
+    """Prefix every line of ``text`` with ``> `` (a Markdown block quote)."""
     return "\n".join("> " + line if line else ">" for line in text.splitlines()) or "> (no prompt)"
 
 

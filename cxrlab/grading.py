@@ -107,7 +107,7 @@ def course_cells(solutions: list[Path]) -> list[GradedCell]:
             cells.append(GradedCell(path.stem, meta["grade_id"],
                                     "manual" if cell.cell_type == "markdown" else "auto",
                                     float(meta.get("points", 0) or 0), rubric,
-                                    prompt or (authoring._prompt_for(nb.cells, i) if rubric else "")))
+                                    prompt or (authoring.reflection_prompt(nb.cells, i) if rubric else "")))
     return cells
 
 
@@ -416,8 +416,8 @@ def write_manual_sheet(out: Path, cells: list[GradedCell], results: dict[tuple[s
             pending += 1
             lines += [f"## {learner} — {chapter} — `{grade_id}` (max {cell.max_score:g} points)" if cell
                       else f"## {learner} — {chapter} — `{grade_id}`", "",
-                      "**Question.**", "", authoring._quote(cell.prompt if cell else ""), "",
-                      "**Learner's answer.**", "", authoring._quote(answer.strip()), "",
+                      "**Question.**", "", authoring.quote_markdown(cell.prompt if cell else ""), "",
+                      "**Learner's answer.**", "", authoring.quote_markdown(answer.strip()), "",
                       "**Rubric.**", "", (cell.rubric if cell else "") or "_no rubric_", "",
                       "**Points awarded:** ____", ""]
     if not pending:
