@@ -185,3 +185,23 @@ def test_chapters_match_solutions():
     proc = subprocess.run([sys.executable, "-m", "cxrlab.authoring", "generate", "--check"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_real_solutions_follow_the_exercise_conventions():
+    """Every solution notebook follows docs/ARCHITECTURE.md's exercise conventions; grade ids are unique."""
+    sources = authoring.solution_notebooks(REPO / "solutions")
+    if not sources:
+        pytest.skip("no solution notebooks yet")
+    problems, seen = [], {}
+    for path in sources:
+        nb = nbformat.read(path, as_version=4)
+        problems += authoring.convention_warnings(nb, path.name)
+        for cell in nb.cells:
+            meta = authoring.nb_meta(cell)
+            gid = meta.get("grade_id")
+            if gid and gid in seen:
+                problems.append(f"{path.name}: grade_id {gid} also used in {seen[gid]}")
+            seen[gid] = path.name
+            if meta.get("grade") and not meta.get("points"):
+                problems.append(f"{path.name}: graded cell {gid} has no points")
+    assert not problems, "\n".join(problems)
