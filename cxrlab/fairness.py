@@ -338,7 +338,9 @@ def threshold_at_fpr(no_finding_true: Any, proba: Any, target_fpr: float) -> flo
     if not 0 <= target_fpr <= 1:
         raise ValueError(f"target_fpr must lie in [0, 1], got {target_fpr}")
     y = _as_bool(no_finding_true, "no_finding_true")
-    s = np.asarray(proba, dtype=float)
+    s = np.asarray(proba)
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(float)
     if s.shape != y.shape:
         raise ValueError(f"labels and scores differ in length: {y.shape} vs {s.shape}")
     sick = np.sort(s[~y])
@@ -347,7 +349,9 @@ def threshold_at_fpr(no_finding_true: Any, proba: Any, target_fpr: float) -> flo
     allowed = int(np.floor(target_fpr * len(sick) + TOL))   # sick patients we may call healthy
     if allowed >= len(sick):
         return float(min(s.min(), 0.0))
-    return float(np.nextafter(sick[len(sick) - allowed - 1], np.inf))
+    # the next representable value in the scores' own dtype (float32 scores compare against a
+    # Python float as float32 under NumPy 2, so a float64 step would round away)
+    return float(np.nextafter(sick[len(sick) - allowed - 1], s.dtype.type(np.inf)))
 
 
 def per_group_thresholds(no_finding_true: Any, proba: Any, groups: Any,

@@ -160,6 +160,18 @@ def test_threshold_at_fpr_meets_target_and_is_lowest(target):
         assert F.underdiagnosis_rate(y, SCORES >= lower) > target
 
 
+def test_threshold_at_fpr_holds_for_float32_scores():
+    # NumPy 2 compares a float32 array with a Python float in float32: the threshold must
+    # still exclude the sick patient whose score sits just below it.
+    rng = np.random.default_rng(4)
+    scores = rng.random(500).astype(np.float32)
+    y = rng.random(500) < 0.5
+    for target in (0.05, 0.2, 0.37):
+        t = F.threshold_at_fpr(y, scores, target)
+        assert F.underdiagnosis_rate(y, scores >= t) <= target
+        assert F.underdiagnosis_rate(y, scores.astype(float) >= t) <= target
+
+
 def test_threshold_at_fpr_by_hand():
     y = ~SICK                       # sick scores: 0.1 0.2 0.3 0.35 0.4 0.55
     t = F.threshold_at_fpr(y, SCORES, 1 / 3)   # may call 2 of 6 sick healthy: 0.4 and 0.55
