@@ -36,10 +36,12 @@ import html
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +169,7 @@ def prepare_course(course_dir: Path, solutions: list[Path]) -> list[str]:
     (kernel_dir / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "cxrlab grading (this environment)", "language": "python"}))
-    for sub in ("runtime", "ipython"):
+    for sub in ("runtime", "ipython", "tmp"):
         (course_dir / sub).mkdir(exist_ok=True)
     return names
 
@@ -178,6 +180,7 @@ def kernel_env(course_dir: Path, preset: str) -> dict[str, str]:
         "JUPYTER_PATH": str(course_dir / "jupyter"),
         "JUPYTER_RUNTIME_DIR": str(course_dir / "runtime"),
         "IPYTHONDIR": str(course_dir / "ipython"),
+        "TMPDIR": str(course_dir / "tmp"),   # kernel connection files and anything a notebook writes to /tmp
         "MPLBACKEND": "Agg",
         "CXRLAB_PRESET": preset,
         "CXRLAB_RESULTS": str(course_dir / "results.json"),
@@ -225,9 +228,12 @@ def _autograde_worker(course_dir: str, learner: str, chapter: str, timeout: floa
                       show_hidden: bool, env: dict[str, str], result_path: str) -> None:
     """Body of one worker process: autograde and feedback for one notebook; result as JSON."""
     os.environ.update(env)
+    tempfile.tempdir = env["TMPDIR"]   # the forked worker inherited the parent's cached choice
     log = os.open(Path(result_path).with_suffix(".log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(log, 1)   # nbgrader's and the kernel's chatter goes to the notebook's log file
     os.dup2(log, 2)
+    warnings.filterwarnings("ignore", message=".*not in session.*")   # nbgrader's SQLAlchemy chatter
+    started = time.monotonic()
     result: dict[str, Any] = {"status": "ok", "message": ""}
     try:
         from nbgrader.converters import Autograde, GenerateFeedback
@@ -238,7 +244,7 @@ def _autograde_worker(course_dir: str, learner: str, chapter: str, timeout: floa
             coursedir = CourseDirectory(config=cfg)
             coursedir.assignment_id, coursedir.student_id = chapter, learner
             converter = converter_class(coursedir=coursedir, config=cfg)
-            converter.log.setLevel("CRITICAL")
+            converter.log.setLevel("ERROR")
             converter.start()
         graded = Path(course_dir) / "autograded" / learner / chapter / f"{chapter}.ipynb"
         timed_out = _timed_out_cells(nbformat.read(graded, as_version=4))
@@ -246,8 +252,28 @@ def _autograde_worker(course_dir: str, learner: str, chapter: str, timeout: floa
             result = {"status": "timeout", "message": f"{', '.join(timed_out)} interrupted: "
                       f"the notebook ran past its {timeout:g} s budget; the cells graded before it count"}
     except BaseException as err:  # noqa: BLE001 - report anything to the parent
-        result = {"status": "error", "message": f"{type(err).__name__}: {err}"}
+        sys.stderr.flush()
+        cause = last_error_line(Path(result_path).with_suffix(".log").read_text(errors="replace"))
+        if time.monotonic() - started >= timeout:
+            result = {"status": "timeout", "graded": False, "message": f"ran past its {timeout:g} s budget "
+                      "and did not stop when interrupted: not graded" + (f" ({cause})" if cause else "")}
+        else:
+            result = {"status": "error", "graded": False, "message": cause or f"{type(err).__name__}: {err}"}
     Path(result_path).write_text(json.dumps(result))
+
+
+def last_error_line(log: str) -> str:
+    """The last ``SomeError: message`` line of a log (nbgrader's own summary exception excluded).
+
+    >>> last_error_line("Traceback ...\nValueError: bad cell\nNbGraderException: see above")
+    'ValueError: bad cell'
+    """
+    found = ""
+    for line in log.splitlines():
+        line = line.strip()
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*:", line) and "NbGraderException" not in line:
+            found = line
+    return found[:500]
 
 
 def _timed_out_cells(nb: nbformat.NotebookNode) -> list[str]:
@@ -298,11 +324,8 @@ def grade_one(course_dir: Path, learner: str, chapter: str, notebook: Path, *, t
         return NotebookResult(learner, chapter, "error", seconds=seconds,
                               message=f"grading worker died (exit code {worker.exitcode})")
     outcome = json.loads(result_path.read_text())
-    if outcome["status"] == "error" and log_path.exists():
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        outcome["message"] += (" | log: " + " / ".join(tail)) if tail else ""
     result = NotebookResult(learner, chapter, outcome["status"], outcome["message"], seconds)
-    if result.status != "error":
+    if outcome.get("graded", True):
         _read_scores(course_dir, result)
     return result
 
@@ -439,12 +462,16 @@ class GradingRun:
 
 def grade_submissions(submissions: Path, out: Path | None = None, *, solutions: Path | None = None,
                       timeout: float = DEFAULT_TIMEOUT, grace: float = DEFAULT_GRACE, preset: str = "demo",
-                      show_hidden: bool = False, progress: bool = True) -> GradingRun:
+                      show_hidden: bool = False, progress: bool = True,
+                      workdir: Path | None = None) -> GradingRun:
     """Grade every learner folder in ``submissions``; write the gradebook and feedback to ``out``.
 
     >>> run = grade_submissions(Path("submissions"), Path("grades"))   # doctest: +SKIP
     >>> run.gradebook
     PosixPath('grades/gradebook.csv')
+
+    ``out`` defaults to ``submissions/_grades``. The temporary course directory is created in
+    ``workdir`` (default: the system's temporary folder) and removed at the end.
     """
     submissions = Path(submissions)
     out = Path(out) if out is not None else submissions / "_grades"
@@ -456,7 +483,7 @@ def grade_submissions(submissions: Path, out: Path | None = None, *, solutions: 
     cells = course_cells(sources)
     results: dict[tuple[str, str], NotebookResult] = {}
     jobs = [(learner, chapter, nb) for learner, mine in found.items() for chapter, nb in mine.items()]
-    with tempfile.TemporaryDirectory(prefix="cxrlab-grading-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cxrlab-grading-", dir=workdir) as tmp:
         course_dir = Path(tmp)
         prepare_course(course_dir, sources)
         with _Bar(jobs, desc="grading", unit="notebook", disable=not progress) as bar:

@@ -14,7 +14,7 @@ import pytest
 from cxrlab import authoring, grading
 from tests.test_authoring import make_solution_notebook
 
-TIMEOUT, GRACE = 4.0, 3.0
+TIMEOUT, GRACE = 3.0, 12.0   # grace: room for the work after an interrupt on a loaded machine
 
 
 def _chapter_with(chapter: Path, answers: dict[str, str], dest: Path) -> None:
@@ -33,7 +33,7 @@ def _chapter_with(chapter: Path, answers: dict[str, str], dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """One grading run over five learners: solution, untouched, mistake, never-ending, stubborn."""
+    """One grading run over six learners: solution, untouched, mistake, never-ending, stubborn, broken."""
     root = tmp_path_factory.mktemp("grading")
     solutions = root / "solutions"
     make_solution_notebook(solutions / "ch07_tiny.ipynb")
@@ -52,15 +52,19 @@ def graded(tmp_path_factory):
     _chapter_with(chapter, {2: "import math, signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                                "while True:\n    pass"}, subs / "stubborn" / "ch07_tiny.ipynb")
     (subs / "mistake" / "notes.ipynb").write_text(chapter.read_text())        # not a chapter: ignored
+    (subs / "broken").mkdir()
+    (subs / "broken" / "ch07_tiny.ipynb").write_text('{"cells": [')          # truncated upload
     out = root / "out"
+    work = root / "work"
+    work.mkdir()
     run = grading.grade_submissions(subs, out, solutions=solutions, timeout=TIMEOUT, grace=GRACE,
-                                    progress=False)
+                                    progress=False, workdir=work)
     rows = {r["learner"]: r for r in csv.DictReader(run.gradebook.open())}
-    return run, rows, out, subs
+    return run, rows, out, subs, work
 
 
 def test_exact_scores_of_the_three_submissions(graded):
-    _, rows, _, _ = graded
+    _, rows, _, _, _ = graded
     cols = ["ch07-ex1-check", "ch07-ex2-check", "ch07-reflection", "total", "manual_pending", "max"]
     assert [rows["solution"][c] for c in cols] == ["2", "1", grading.NEEDS_MANUAL, "3", "3", "6"]
     assert [rows["untouched"][c] for c in cols] == ["0", "0", "0", "0", "0", "6"]
@@ -69,29 +73,38 @@ def test_exact_scores_of_the_three_submissions(graded):
 
 
 def test_never_ending_notebooks_are_reported_and_do_not_stop_the_run(graded):
-    run, rows, _, _ = graded
+    run, rows, _, _, _ = graded
     forever = run.results[("forever", "ch07_tiny")]
     assert forever.status == "timeout" and "interrupted" in forever.message
     assert forever.seconds < TIMEOUT + GRACE
     assert rows["forever"]["total"] == "0" and "timeout" in rows["forever"]["notes"]
     stubborn = run.results[("stubborn", "ch07_tiny")]       # ignores Ctrl-C: killed with its kernel
-    assert stubborn.status == "timeout" and "stopped, not graded" in stubborn.message
+    assert stubborn.status == "timeout" and "not graded" in stubborn.message
     assert rows["stubborn"]["ch07-ex1-check"] == "timeout"
-    assert set(rows) == {"solution", "untouched", "mistake", "forever", "stubborn"}
+    assert set(rows) == {"solution", "untouched", "mistake", "forever", "stubborn", "broken"}
 
 
-def test_no_kernel_left_running(graded):
+def test_a_broken_notebook_is_reported(graded):
+    run, rows, out, _, _ = graded
+    broken = run.results[("broken", "ch07_tiny")]
+    assert broken.status == "error"
+    assert rows["broken"]["ch07-ex1-check"] == "error" and "ch07_tiny: error" in rows["broken"]["notes"]
+    assert "ERROR" in (out / "feedback" / "broken" / "ch07_tiny.html").read_text()
+
+
+def test_no_kernel_left_running_and_temp_dir_removed(graded):
     psutil = pytest.importorskip("psutil")
+    work = graded[4]
     leftovers = [p for p in psutil.process_iter(["cmdline"])
-                 if "ipykernel_launcher" in " ".join(p.info["cmdline"] or []) and
-                 "cxrlab-grading-" in " ".join(p.info["cmdline"] or [])]
+                 if str(work) in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
+    assert list(work.iterdir()) == []
 
 
 def test_feedback_pages_hide_the_hidden_tests(graded):
-    _, _, out, _ = graded
+    _, _, out, _, _ = graded
     pages = {p.parent.name: p.read_text() for p in (out / "feedback").glob("*/ch07_tiny.html")}
-    assert set(pages) == {"solution", "untouched", "mistake", "forever", "stubborn"}
+    assert set(pages) == {"solution", "untouched", "mistake", "forever", "stubborn", "broken"}
     for who, page in pages.items():
         assert "HIDDEN TESTS" not in page and "circle_area(2)" not in page, who
     assert "Exercise 1: not implemented yet" in pages["untouched"]
@@ -100,7 +113,7 @@ def test_feedback_pages_hide_the_hidden_tests(graded):
 
 
 def test_manual_sheet_and_warnings(graded):
-    run, _, out, _ = graded
+    run, _, out, _, _ = graded
     sheet = (out / "manual_grading.md").read_text()
     assert "## mistake — ch07_tiny — `ch07-reflection` (max 3 points)" in sheet
     assert "> Because area is two-dimensional." in sheet
@@ -108,13 +121,13 @@ def test_manual_sheet_and_warnings(graded):
     assert "untouched" not in sheet                          # an unanswered reflection scores 0
     assert any("ignored notes.ipynb" in w for w in run.warnings)
     details = list(csv.DictReader((out / "details.csv").open()))
-    assert len(details) == 5 * 3
+    assert len(details) == 6 * 3
 
 
 def test_writes_nothing_in_the_submissions(graded):
-    _, _, _, subs = graded
+    _, _, _, subs, _ = graded
     names = sorted(str(p.relative_to(subs)) for p in subs.rglob("*"))
-    assert names == ["forever", "forever/ch07_tiny.ipynb", "mistake", "mistake/ch07_tiny.ipynb",
+    assert names == ["broken", "broken/ch07_tiny.ipynb", "forever", "forever/ch07_tiny.ipynb", "mistake", "mistake/ch07_tiny.ipynb",
                      "mistake/notes.ipynb", "solution", "solution/ch07_tiny.ipynb", "stubborn",
                      "stubborn/ch07_tiny.ipynb", "untouched", "untouched/ch07_tiny (1).ipynb"]
 
