@@ -27,11 +27,12 @@ from data_fetch.paths import data_root
 REAL_SOURCES = ("nih", "covid19_ar", "chexpert", "mimic")
 BINARY_TARGETS = {"sex": ("sex", ["F", "M"]), "no_finding": ("no_finding", ["finding", "no finding"])}
 FETCH_HINTS = {
-    "nih": "python -m data_fetch nih --max-images 2000",
-    "covid19_ar": "python -m data_fetch covid19_ar",
-    "chexpert": "python -m data_fetch chexpert --source-dir /path/to/CheXpert (or --url ...)",
-    "mimic": "python -m data_fetch mimic --source-dir /path/to/mimic-cxr-jpg "
-             "(PhysioNet credentials required)",
+    "nih": "python -m data_fetch nih --max-images 2000      (open; first archive, 2 GB)",
+    "covid19_ar": "python -m data_fetch covid19_ar             (open, CC BY 4.0)",
+    "chexpert": "python -m data_fetch chexpert --source-dir /path/to/CheXpert   "
+                "(or --url <your signed URL>; research use agreement)",
+    "mimic": "python -m data_fetch mimic --source-dir /path/to/mimic-cxr-jpg   "
+             "(or --count 2000 with PhysioNet credentials)",
 }
 
 

@@ -125,6 +125,15 @@ def estimate_seconds(arch: str, image_size: int, n_images: int, epochs: int,
     return n_images * epochs / rate * 1.15          # + validation
 
 
+def predict_rows(model: nn.Module, images: np.ndarray, rows: np.ndarray,
+                 chunk: int = 4096, **kwargs: Any) -> np.ndarray:
+    """:func:`cxrlab.train.predict` on ``images[rows]``, reading the memmap chunk by chunk
+    (a full-preset test split would not fit in memory at once)."""
+    parts = [predict(model, images[rows[i:i + chunk]], **kwargs)
+             for i in range(0, len(rows), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+
 def _n_outputs(task: str, classes: list[str]) -> int:
     return len(classes) if task in ("multiclass", "multilabel") else 1
 
@@ -154,11 +163,12 @@ def _train(session, target, task, classes, train_transform, train_filter, path,
     checkpoint = path.with_suffix(".best.pt")
     history = fit(model, train_ds, val_ds, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                   patience=p.patience, device=session.device, task=task, checkpoint=checkpoint,
-                  seed=session.seed, progress=progress)
+                  seed=session.seed, progress=progress,
+                  monitor="val_auc" if task != "regression" else "val_loss")
     checkpoint.unlink(missing_ok=True)
     test_rows = _rows(session, "test", targets, task, None)
-    test_proba = predict(model, session.images[test_rows], device=session.device,
-                         transform=train_transform, task=task)
+    test_proba = predict_rows(model, session.images, test_rows, device=session.device,
+                              transform=train_transform, task=task)
     return {"state_dict": model.state_dict(), "arch": p.model, "task": task, "target": target,
             "classes": classes, "history": history.to_dict(), "test_index": test_rows,
             "test_proba": test_proba, "n_images": len(session.manifest),

@@ -157,7 +157,17 @@ def _validation_metric(task: str, y: np.ndarray, pred: np.ndarray) -> tuple[str,
         return "val_auc", float("nan")
 
 
-def _run_epoch(model, loader, loss_fn, task, device, optimizer=None, desc="", progress=True):
+def _scheduler(optimizer, kind: str | None, total_steps: int):
+    if kind is None:
+        return None
+    if kind != "cosine":
+        raise ValueError(f"unknown lr_schedule {kind!r}; use 'cosine' or None")
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1),
+                                                      eta_min=optimizer.defaults["lr"] * 0.01)
+
+
+def _run_epoch(model, loader, loss_fn, task, device, optimizer=None, desc="", progress=True,
+               scheduler=None):
     training = optimizer is not None
     model.train(training)
     total, count, preds, ys = 0.0, 0, [], []
@@ -171,6 +181,8 @@ def _run_epoch(model, loader, loss_fn, task, device, optimizer=None, desc="", pr
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
             else:
                 preds.append(_outputs_to_predictions(out, task, model).float().cpu())
                 ys.append(y.cpu())
@@ -223,6 +235,7 @@ def fit(
     weight_decay: float = 1e-4,
     monitor: str = "val_loss",
     regression_loss: str = "l1",
+    lr_schedule: str | None = "cosine",
     num_workers: int = 0,
     progress: bool = True,
 ) -> History:
@@ -234,6 +247,9 @@ def fit(
     after ``patience`` epochs without improvement. ``seed`` fixes initialisation order,
     shuffling and augmentation. For regression the targets are standardised with the training
     mean and std (stored in the model, so :func:`predict` answers in the original units).
+
+    ``lr_schedule="cosine"`` decays the learning rate from ``lr`` to near zero over
+    ``epochs`` (per batch), which settles a short CPU run; ``None`` keeps it constant.
 
     Returns a :class:`History`; ``model.task`` is set to ``task``.
     """
@@ -252,12 +268,13 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     train_loader = _loader(train_ds, batch_size, True, seed, device, num_workers)
     val_loader = _loader(val_ds, max(batch_size, 128), False, seed, device, num_workers)
+    scheduler = _scheduler(optimizer, lr_schedule, epochs * len(train_loader))
     history = History(task=task, monitor=monitor)
     best_value, best_state, waited = None, None, 0
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         train_loss, _, _ = _run_epoch(model, train_loader, loss_fn, task, device, optimizer,
-                                      f"epoch {epoch}/{epochs} train", progress)
+                                      f"epoch {epoch}/{epochs} train", progress, scheduler)
         seconds = time.perf_counter() - start
         val_loss, y, pred = _run_epoch(model, val_loader, loss_fn, task, device,
                                        desc=f"epoch {epoch}/{epochs} val", progress=progress)

@@ -42,8 +42,10 @@ def test_early_stopping_restores_best_epoch(tmp_path, monkeypatch):
     real = train._run_epoch
     snapshots = {}
 
-    def scripted(model, loader, loss_fn, task, device, optimizer=None, desc="", progress=True):
-        loss, ys, preds = real(model, loader, loss_fn, task, device, optimizer, desc, progress)
+    def scripted(model, loader, loss_fn, task, device, optimizer=None, desc="", progress=True,
+                 scheduler=None):
+        loss, ys, preds = real(model, loader, loss_fn, task, device, optimizer, desc, progress,
+                               scheduler)
         if optimizer is None:
             snapshots[len(snapshots) + 1] = {k: v.clone() for k, v in model.state_dict().items()}
             return next(losses), ys, preds
