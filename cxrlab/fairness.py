@@ -323,6 +323,12 @@ def _nanpercentile(values: np.ndarray, q: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # thresholds and operating points
 # ---------------------------------------------------------------------------------------------
+def _scores(proba: Any) -> np.ndarray:
+    """Scores as a floating array, keeping float32 as float32 so thresholds match its grid."""
+    s = np.asarray(proba)
+    return s if np.issubdtype(s.dtype, np.floating) else s.astype(float)
+
+
 def threshold_at_fpr(no_finding_true: Any, proba: Any, target_fpr: float) -> float:
     """The lowest threshold whose underdiagnosis rate (FPR of "No Finding") is <= ``target_fpr``.
 
@@ -338,9 +344,7 @@ def threshold_at_fpr(no_finding_true: Any, proba: Any, target_fpr: float) -> flo
     if not 0 <= target_fpr <= 1:
         raise ValueError(f"target_fpr must lie in [0, 1], got {target_fpr}")
     y = _as_bool(no_finding_true, "no_finding_true")
-    s = np.asarray(proba)
-    if not np.issubdtype(s.dtype, np.floating):
-        s = s.astype(float)
+    s = _scores(proba)
     if s.shape != y.shape:
         raise ValueError(f"labels and scores differ in length: {y.shape} vs {s.shape}")
     sick = np.sort(s[~y])
@@ -363,7 +367,7 @@ def per_group_thresholds(no_finding_true: Any, proba: Any, groups: Any,
     {'A': 0.2, 'B': 0.6}
     """
     y = _as_bool(no_finding_true, "no_finding_true")
-    s = np.asarray(proba, dtype=float)
+    s = _scores(proba)
     g = pd.Series(np.asarray(groups, dtype=object))
     out = {}
     for name in sorted(g.dropna().unique(), key=str):
@@ -378,7 +382,7 @@ def apply_thresholds(proba: Any, groups: Any, thresholds: float | Mapping[Any, f
     >>> apply_thresholds([0.4, 0.6], ["A", "B"], {"A": 0.3, "B": 0.7}).tolist()
     [True, False]
     """
-    s = np.asarray(proba, dtype=float)
+    s = _scores(proba)
     if not isinstance(thresholds, Mapping):
         return s >= float(thresholds)
     g = np.asarray(groups, dtype=object)
@@ -423,7 +427,7 @@ def operating_point(no_finding_true: Any, proba: Any, groups: Any, target_fpr: f
     (1.0, 0.6)
     """
     y = _as_bool(no_finding_true, "no_finding_true")
-    s = np.asarray(proba, dtype=float)
+    s = _scores(proba)
     g = pd.Series(np.asarray(groups, dtype=object), name="group")
     names = sorted(g.dropna().unique(), key=str)
     if mode == "global":
@@ -560,7 +564,7 @@ def check_threshold_constraint(threshold: float, no_finding_true: Any, proba: An
     if not np.isscalar(threshold) or not np.isfinite(float(threshold)):
         raise AssertionError(f"Expected one number, got {threshold!r}.")
     y = _as_bool(no_finding_true, "no_finding_true")
-    s = np.asarray(proba, dtype=float)
+    s = _scores(proba)
     g = pd.Series(np.asarray(groups, dtype=object))
     pred = s >= float(threshold)
     for k in sorted(g.dropna().unique(), key=str):

@@ -170,6 +170,10 @@ def test_threshold_at_fpr_holds_for_float32_scores():
         t = F.threshold_at_fpr(y, scores, target)
         assert F.underdiagnosis_rate(y, scores >= t) <= target
         assert F.underdiagnosis_rate(y, scores.astype(float) >= t) <= target
+    groups = np.where(rng.random(500) < 0.5, "A", "B")
+    for name, t in F.per_group_thresholds(y, scores, groups, 0.2).items():
+        m = groups == name
+        assert F.underdiagnosis_rate(y[m], scores[m] >= t) <= 0.2
 
 
 def test_threshold_at_fpr_by_hand():
