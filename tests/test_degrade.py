@@ -272,3 +272,12 @@ def test_check_high_pass_accepts_a_correct_filter_and_explains_mistakes():
         D.check_high_pass(lambda img, d: D.low_pass(img, d))
     with pytest.raises(AssertionError, match="size/224"):   # d used without the 224-grid scaling
         D.check_high_pass(lambda img, d: D.high_pass(img, d, reference_size=None))
+
+
+def test_auc_rows_macro_only_and_binary(detail_data):
+    images, y = detail_data
+    proba = DetailModel().predict(images / 255)
+    rows = D.auc_rows(y, proba, ["smooth", "textured"], n_boot=10, per_class=False)
+    assert [r["class"] for r in rows] == ["macro"] and rows[0]["auc"] == 1.0
+    binary = D.auc_rows(y, proba[:, 1], ["smooth", "textured"], n_boot=10)
+    assert [r["class"] for r in binary] == ["textured", "macro"] and binary[1]["auc"] == binary[0]["auc"]
