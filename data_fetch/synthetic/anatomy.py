@@ -118,7 +118,7 @@ def _sample_anatomy(rng: np.random.Generator, female: np.ndarray, age: np.ndarra
         "clav_y": -0.60 + z(0.03),
         "clav_tilt": 0.12 + z(0.03),
         "bone": np.clip(1.0 + 0.08 * male - (0.10 + 0.12 * female) * old + z(0.06), 0.5, 1.3),
-        "soft": np.clip(1.0 + 0.35 * fat + z(0.04), 0.7, 1.8),
+        "soft": np.clip(1.0 + 0.22 * fat + z(0.04), 0.75, 1.4),
         "breast": np.where(female, np.clip(0.85 + 0.45 * fat + z(0.2), 0.3, 1.8), 0.0),
         "arm_gap": 0.07 + z(0.02),
         "gastric": rng.random(n) < 0.6,

@@ -63,8 +63,9 @@ class SyntheticConfig:
     group_proportions: tuple = _knob(
         (0.45, 0.35, 0.20), "share of patients in groups A, B, C", 0.0, 1.0)
     group_signal: float = _knob(
-        1.0, "strength of the imperceptible group texture (0 = none); 1.0 is a standard "
-        "deviation of 1.6% of the soft-tissue attenuation, below the quantum noise", 0.0, 10.0)
+        0.6, "strength of the imperceptible group texture (0 = none); 1.0 is a standard "
+        "deviation of 1.6% of the soft-tissue attenuation; the default 0.6 (about 1%) lies "
+        "below the quantum noise", 0.0, 10.0)
     signal_band: tuple = _knob(
         (0.05, 0.9), "spatial-frequency band of the group texture as fractions of the Nyquist "
         "frequency (low, high); at 64 px, (0.05, 0.9) is 1.6-29 cycles per image", 0.0, 1.0)

@@ -120,7 +120,7 @@ class Renderer:
         spec = np.sqrt(cfg.signal_shared) * self._shared[g] + np.sqrt(1 - cfg.signal_shared) * own
         f = np.fft.fftfreq(n)
         ramp = np.exp(-2j * np.pi * (f[None, :] * shift[0] + f[:, None] * shift[1]) * n / 2.0)
-        return np.fft.ifft2(spec * self._filters[g] * ramp).real / n
+        return np.fft.ifft2(spec * self._filters[g] * ramp).real
 
     # -------------------------------------------------------------------- drawing
     def render(self, row: Mapping[str, Any], image_index: int) -> tuple[np.ndarray, np.ndarray]:
