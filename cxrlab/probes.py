@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from tqdm.auto import tqdm
@@ -58,13 +58,19 @@ MISSING = "missing"
 def binary_auc(y_true: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC of a binary label against a score; ``nan`` when only one class is present.
 
+    Computed from ranks (the Mann-Whitney statistic, ties count one half), which equals
+    :func:`sklearn.metrics.roc_auc_score` and is fast enough for thousands of bootstrap resamples.
+
     >>> binary_auc(np.array([0, 0, 1]), np.array([0.1, 0.4, 0.9]))
     1.0
     """
-    y_true = np.asarray(y_true).astype(int)
-    if len(np.unique(y_true)) < 2:
+    y = np.asarray(y_true).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float(roc_auc_score(y_true, np.asarray(score, dtype=float)))
+    ranks = rankdata(np.asarray(score, dtype=float))
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def macro_ovr_auc(y_true: np.ndarray, proba: np.ndarray) -> float:

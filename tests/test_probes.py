@@ -282,3 +282,13 @@ def test_site_shortcut_probe_flags_site_when_group_signal_is_off(tmp_path, monke
     assert verdict.flagged, str(verdict)
     assert verdict.level == "shortcut" and verdict.drop >= 0.05
     assert verdict.site_ci[0] >= 0.7
+
+
+def test_binary_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.random(200) + 0.3 * y, 1)          # many ties
+    assert probes.binary_auc(y, s) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(probes.binary_auc(np.ones(4), np.arange(4)))
