@@ -138,7 +138,8 @@ def auc_table(
 
     Columns: ``class, auc, ci_low, ci_high, n_pos, n_neg``.
 
-    >>> auc_table([0, 1, 2, 0], np.eye(3)[[0, 1, 2, 0]], ["A", "B", "C"], n_boot=20).auc.tolist()
+    >>> y = np.arange(30) % 3
+    >>> auc_table(y, np.eye(3)[y], ["A", "B", "C"], n_boot=20).auc.tolist()
     [1.0, 1.0, 1.0]
     """
     y, scores, names = _one_vs_rest(y_true, proba, classes)

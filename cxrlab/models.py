@@ -130,7 +130,7 @@ def build_model(name: str, n_outputs: int, pretrained: bool = False) -> OneChann
     downloaded, and otherwise prints why and falls back to random initialisation (the small CNN
     has no pretrained weights). ``model.pretrained`` says what happened.
 
-    >>> build_model("resnet18", 1)(torch.zeros(1, 1, 32, 32)).shape
+    >>> build_model("resnet18", 1).eval()(torch.zeros(1, 1, 32, 32)).shape
     torch.Size([1, 1])
     """
     if name not in ARCHITECTURES:
