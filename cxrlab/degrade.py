@@ -32,6 +32,7 @@ HighPass(d=100)
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -110,7 +111,15 @@ def fft_mask(h: int, w: int, kind: str, d: float, d_high: float | None = None,
 
     ``kind``: ``"low"`` keeps radius <= d; ``"high"`` keeps radius > d (so low + high is the
     whole spectrum); ``"band"`` keeps d < radius <= d_high; ``"notch"`` removes that band.
+    Masks are cached (a transform applied image by image reuses them); treat them as read-only.
     """
+    return _cached_mask(int(h), int(w), kind, float(d), None if d_high is None else float(d_high),
+                        reference_size)
+
+
+@lru_cache(maxsize=256)
+def _cached_mask(h: int, w: int, kind: str, d: float, d_high: float | None,
+                 reference_size: int | None) -> torch.Tensor:
     r = frequency_radius(h, w, reference_size)
     if kind == "low":
         return r <= d
