@@ -400,6 +400,12 @@ def write_feedback(course_dir: Path, out: Path, result: NotebookResult) -> Path:
         page = produced.read_text(encoding="utf-8")
         if result.status == "timeout":
             page = _insert_after_body(page, _banner(result))
+        if result.answers:
+            page = _insert_after_body(page, (
+                "<div style=\"border:2px solid #0072B2;padding:1em;margin:1em\"><strong>Graded by hand"
+                "</strong>: your written answers (" + ", ".join(html.escape(g) for g in result.answers)
+                + ") are scored by your instructor with a rubric; the 0 shown for them below is a "
+                "placeholder until then.</div>"))
         target.write_text(page, encoding="utf-8")
     else:
         target.write_text(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{result.chapter}"

@@ -109,6 +109,7 @@ def test_feedback_pages_hide_the_hidden_tests(graded):
         assert "HIDDEN TESTS" not in page and "circle_area(2)" not in page, who
     assert "Exercise 1: not implemented yet" in pages["untouched"]
     assert "circle_area(1) should be pi" in pages["mistake"]
+    assert "Graded by hand" in pages["mistake"] and "Graded by hand" not in pages["untouched"]
     assert "TIMEOUT" in pages["stubborn"] and "TIMEOUT" in pages["forever"]
 
 
