@@ -267,9 +267,9 @@ def test_site_shortcut_probe_flags_site_when_group_signal_is_off(tmp_path, monke
 
     monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
     monkeypatch.setenv("CXRLAB_PRESET", "demo")
-    knobs = dict(progress=False, group_signal=0.0, n_patients=150, image_size=32)
-    S0 = cxrlab.setup("synthetic", "demo", 0, site_confounding=0.6, **knobs)
-    S_ind = cxrlab.setup("synthetic", "demo", 0, site_confounding=0.0, **knobs)
+    knobs = dict(progress=False, group_signal=0.0, image_size=32)
+    S0 = cxrlab.setup("synthetic", "demo", 0, site_confounding=0.6, n_patients=120, **knobs)
+    S_ind = cxrlab.setup("synthetic", "demo", 0, site_confounding=0.0, n_patients=60, **knobs)
     assert probes.association(S0.manifest, "race", "site") > 0.3
     assert probes.association(S_ind.manifest, "race", "site") < 0.3
     model = store.get_model(S0, "race", progress=False)
@@ -278,7 +278,7 @@ def test_site_shortcut_probe_flags_site_when_group_signal_is_off(tmp_path, monke
         model.model, train=(S0.images[tr], S0.manifest.iloc[tr]),
         confounded=(S0.images[te], S0.manifest.iloc[te]),
         independent=(S_ind.images, S_ind.manifest),
-        classes=model.classes, predict=model.predict, n_boot=50, seed=0)
+        classes=model.classes, predict=model.predict, n_boot=30, seed=0)
     assert verdict.flagged, str(verdict)
     assert verdict.level == "shortcut" and verdict.drop >= 0.05
     assert verdict.site_ci[0] >= 0.7
