@@ -118,29 +118,38 @@ def plot_auc_vs_paper(our_table: pd.DataFrame, dataset: str = "MIMIC-CXR",
                       source: str | None = None, ax=None) -> Figure:
     """Our per-class AUCs with 95% CI bars beside Gichoya et al. 2022 Table 3.
 
-    For the synthetic source the groups A/B/C are not races: the bars stand side by side for
-    scale only, and the title says so.
+    For the synthetic source the groups A/B/C are not races: our bars and the paper's stand in
+    two separate groups, for scale only, and the title says so.
     """
-    from cxrlab.anchors import compare_to_table3
+    from cxrlab.anchors import TABLE3, compare_to_table3
 
     table = compare_to_table3(our_table, dataset=dataset, source=source)
     table = table[table["class"] != "macro (mean)"]
-    fig, ax = _axes(ax, (6, 4))
-    x = np.arange(len(table))
-    err = np.vstack([table.ours - table.ci_low, table.ci_high - table.ours])
-    ax.bar(x - 0.2, table.ours, 0.4, yerr=np.nan_to_num(err), capsize=4, color=PALETTE[0],
-           label="ours (95% CI, patient bootstrap)")
-    ax.bar(x + 0.2, table.paper_auc, 0.4, color=PALETTE[1],
-           label=f"Gichoya et al. 2022, Table 3 ({dataset})")
-    labels = [c if c == p else f"{c}\n(paper: {p})" for c, p in zip(table["class"],
-                                                                     table.paper_class)]
-    ax.set_xticks(x, labels=labels)
+    scale_only = bool((table.comparison == "for scale only").any())
+    fig, ax = _axes(ax, (6.5, 4))
+    n = len(table)
+    err = np.nan_to_num(np.vstack([table.ours - table.ci_low, table.ci_high - table.ours]))
+    paper_label = f"Gichoya et al. 2022, Table 3 ({dataset})"
+    ours_label = "ours (95% CI, patient bootstrap)"
+    if scale_only:   # two separate groups: synthetic groups are not paired with races
+        paper = pd.Series(TABLE3[dataset])
+        ax.bar(np.arange(n), table.ours, 0.7, yerr=err, capsize=4, color=PALETTE[0],
+               label=ours_label)
+        ax.bar(np.arange(len(paper)) + n + 1, paper.to_numpy(), 0.7, color=PALETTE[1],
+               label=paper_label)
+        ax.set_xticks(list(range(n)) + list(np.arange(len(paper)) + n + 1),
+                      labels=[f"group {c}" for c in table["class"]] + list(paper.index))
+        xlabel = "synthetic group (left) | self-reported race in the paper (right)"
+    else:
+        x = np.arange(n)
+        ax.bar(x - 0.2, table.ours, 0.4, yerr=err, capsize=4, color=PALETTE[0], label=ours_label)
+        ax.bar(x + 0.2, table.paper_auc, 0.4, color=PALETTE[1], label=paper_label)
+        ax.set_xticks(x, labels=list(table["class"]))
+        xlabel = "self-reported race"
     low = float(np.nanmin([table.ci_low.min(), table.ours.min(), table.paper_auc.min()]))
     ax.set_ylim(max(0.0, min(0.5, low - 0.05)), 1.0)
-    scale_only = (table.comparison == "for scale only").any()
-    ax.set(xlabel="class (self-reported race in the paper)" + (
-        "; synthetic group here" if scale_only else ""), ylabel="one-vs-rest AUC",
-        title="Our AUCs beside the paper's" + (" (for scale only)" if scale_only else ""))
+    ax.set(xlabel=xlabel, ylabel="one-vs-rest AUC",
+           title="Our AUCs beside the paper's" + (" (for scale only)" if scale_only else ""))
     ax.axhline(0.5, color=GREY, linestyle=":", lw=1)
     ax.legend(fontsize=8, loc="lower right")
     return fig
