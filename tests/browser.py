@@ -58,7 +58,21 @@ class JupyterLab:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _settings_dir(self) -> str:
+        """User settings that render every cell (no windowing), so tests can see all outputs."""
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="jlab-settings-"))
+        tracker = folder / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+        tracker.parent.mkdir(parents=True)
+        tracker.write_text('{"windowingMode": "none"}')
+        news = folder / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        news.parent.mkdir(parents=True)
+        news.write_text('{"fetchNews": "false", "checkForUpdates": false}')
+        return str(folder)
+
     def __enter__(self) -> JupyterLab:
+        self.env.setdefault("JUPYTERLAB_SETTINGS_DIR", self._settings_dir())
         cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
                f"--port={self.port}", f"--ServerApp.token={self.token}",
                f"--ServerApp.root_dir={self.root}", "--LabApp.expose_app_in_browser=True",
@@ -85,12 +99,15 @@ class JupyterLab:
         raise TimeoutError("jupyter lab did not start within 90 s")
 
     def __exit__(self, *exc) -> None:
+        settings = self.env.get("JUPYTERLAB_SETTINGS_DIR", "")
         if self.process:
             self.process.terminate()
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        if Path(settings).name.startswith("jlab-settings-"):
+            shutil.rmtree(settings, ignore_errors=True)
 
     def open(self, page, notebook: str, timeout_ms: int = 120_000):
         """Open ``notebook`` (path relative to root) in ``page`` and wait for its kernel."""
@@ -120,15 +137,34 @@ class JupyterLab:
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
     @staticmethod
-    def wait_idle(page, timeout_ms: int) -> None:
-        """Wait until no cell is queued or running (no ``[*]`` prompt) and the kernel is idle."""
-        page.wait_for_function(
-            "() => { const w = window.jupyterapp.shell.currentWidget;"
-            " const busy = [...document.querySelectorAll('.jp-InputPrompt')]"
-            "   .some(p => p.textContent.includes('*'));"
-            " return !busy && w.sessionContext.session.kernel.status === 'idle'; }",
-            timeout=timeout_ms, polling=1000,
-        )
+    def wait_all_run(page, timeout_ms: int) -> None:
+        """Wait until every code cell has run and the kernel is idle.
+
+        Reads the notebook model (cells scrolled out of view are not in the DOM). Raises
+        ``AssertionError`` at once when a cell that is not tagged ``raises-exception`` fails,
+        since "Run All" stops there.
+        """
+        handle = page.wait_for_function(_RUN_STATE_JS, timeout=timeout_ms, polling=1000)
+        state = handle.json_value()
+        assert state == "done", f"the notebook stopped: {state}"
+
+
+_RUN_STATE_JS = """() => {
+  const w = window.jupyterapp.shell.currentWidget;
+  const cells = w.content.widgets.filter(c => c.model.type === 'code');
+  for (const [i, c] of cells.entries()) {
+    const tags = c.model.getMetadata('tags') || [];
+    const outs = c.model.outputs.toJSON();
+    const err = outs.find(o => o.output_type === 'error');
+    if (err && !tags.includes('raises-exception')) {
+      return `code cell ${i} raised ${err.ename}: ${String(err.evalue).slice(0, 200)}`;
+    }
+  }
+  const running = cells.some(c => c.model.executionState === 'running');
+  const last = cells[cells.length - 1];
+  const idle = w.sessionContext.session.kernel.status === 'idle';
+  return (!running && idle && last.model.executionCount !== null) ? 'done' : false;
+}"""
 
 
 def launch_browser(playwright):

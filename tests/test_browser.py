@@ -70,6 +70,11 @@ def test_slider_changes_displayed_value_in_jupyterlab(tmp_path):
         browser.close()
 
 
+def probabilities(text: str) -> str:
+    """The numbers after "predicted probabilities:" (the caption before it names the level)."""
+    return text.split("predicted probabilities:", 1)[-1].strip()
+
+
 @pytest.mark.skipif(not (ROOT / CHAPTER4).exists(), reason="chapter 4 has not been generated")
 def test_chapter4_degradation_widget_updates_prediction(tmp_path):
     """Open chapter 4 as a learner would, run it, move the degradation slider, see the prediction move."""
@@ -79,17 +84,20 @@ def test_chapter4_degradation_widget_updates_prediction(tmp_path):
         browser = launch_browser(pw)
         page = lab.open(browser.new_page(viewport={"width": 1400, "height": 1000}), CHAPTER4)
         lab.run_all(page)
-        lab.wait_idle(page, timeout_ms=900_000)
-        widget = page.locator(".cxr-degradation-explorer").first
-        widget.scroll_into_view_if_needed()
+        lab.wait_all_run(page, timeout_ms=1_200_000)
+        page.wait_for_selector(".cxr-prediction", timeout=60_000)
+        page.locator(".cxr-prediction").first.scroll_into_view_if_needed()
         before = prediction_text(page)
+        assert "predicted probabilities" in before, before
         page.screenshot(path=str(SHOTS / "ch04_widget_before.png"))
-        slider_max = float(page.locator(".cxr-degradation-explorer .widget-slider").first
-                           .get_attribute("data-max") or 0) or None
-        set_slider(page, ".cxr-degradation-explorer", slider_max if slider_max else 0.5)
+        slider = page.locator(".cxr-strength").first
+        high = slider.locator(".widget-readout").first
+        # the strongest setting the slider allows: the model's output must move
+        set_slider(page, ".jp-OutputArea-output:has(.cxr-strength)", 1e9)
         page.wait_for_function(
-            "b => document.querySelector('.cxr-prediction').innerText !== b", arg=before, timeout=60_000)
+            "b => document.querySelector('.cxr-prediction').innerText !== b", arg=before, timeout=120_000)
         after = prediction_text(page)
-        widget.screenshot(path=str(SHOTS / "ch04_widget_after.png"))
-        assert after != before
+        page.screenshot(path=str(SHOTS / "ch04_widget_after.png"))
+        assert probabilities(after) != probabilities(before), (before, after)
+        assert high.inner_text() != ""
         browser.close()
