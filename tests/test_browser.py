@@ -6,6 +6,7 @@ Skipped (with the reason) only where Debian's chromium or Playwright is not inst
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -79,7 +80,10 @@ def probabilities(text: str) -> str:
 def test_chapter4_degradation_widget_updates_prediction(tmp_path):
     """Open chapter 4 as a learner would, run it, move the degradation slider, see the prediction move."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with JupyterLab(ROOT, env=course_env(), log=tmp_path / "lab.log") as lab, \
+    # a copy, so JupyterLab's autosave never writes outputs into the committed chapter
+    (tmp_path / "chapters").mkdir()
+    shutil.copy(ROOT / CHAPTER4, tmp_path / CHAPTER4)
+    with JupyterLab(tmp_path, env=course_env(), log=tmp_path / "lab.log") as lab, \
             playwright_api.sync_playwright() as pw:
         browser = launch_browser(pw)
         page = lab.open(browser.new_page(viewport={"width": 1400, "height": 1000}), CHAPTER4)
