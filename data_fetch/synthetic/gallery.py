@@ -60,8 +60,8 @@ def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int
         img, _ = renderer.render(row.to_dict(), image_index=int(idx))
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
         ax.set_title(_caption(row), fontsize=7)
-    fig.suptitle("Synthetic chest radiographs (groups A/B/C are abstract; the group signal is "
-                 "invisible by design)", fontsize=9)
+    fig.suptitle("Synthetic chest radiographs (groups A/B/C are abstract; the group texture is "
+                 "subtle by design)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
