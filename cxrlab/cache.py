@@ -90,7 +90,7 @@ def _build(paths: list[str], size: int, target: Path, progress: bool) -> None:
         del array
         os.replace(tmp, target)
     except BaseException:
-        del array
+        array = None  # noqa: F841 - release the memmap (if still open) before removing its file
         tmp.unlink(missing_ok=True)
         raise
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+
+from cxrlab.results import merge_into_json
 
 RESTRICTED_SOURCES = frozenset({"mimic", "chexpert"})
 RESULTS_SECTION = "course"
@@ -105,13 +106,8 @@ def inject_parameters(nb: nbformat.NotebookNode, params: dict[str, Any]) -> nbfo
 
 
 def update_results(path: Path, section: str, key: str, value: Any) -> None:
-    """Merge ``{section: {key: value}}`` into the JSON file at ``path`` (atomic write)."""
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.setdefault(section, {})[key] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    """Merge ``{section: {key: value}}`` into results.json (see :func:`cxrlab.results.merge_into_json`)."""
+    merge_into_json(path, section, key, value)
 
 
 def write_html(nb: nbformat.NotebookNode, target: Path) -> Path:

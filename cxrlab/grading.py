@@ -313,7 +313,6 @@ def grade_one(course_dir: Path, learner: str, chapter: str, notebook: Path, *, t
     worker.start()
     worker.join(timeout + grace)
     seconds = time.monotonic() - start
-    log_path = result_path.with_suffix(".log")
     if worker.is_alive():
         _kill_tree(worker.pid)
         worker.join()

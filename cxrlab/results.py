@@ -37,13 +37,16 @@ def record(chapter: str, key: str, value: Any) -> None:
     value = _jsonable(value)
     _MEMORY.setdefault(chapter, {})[key] = value
     target = os.environ.get(ENV_VAR)
-    if not target:
-        return
-    path = Path(target)
+    if target:
+        merge_into_json(Path(target), chapter, key, value)
+
+
+def merge_into_json(path: Path, section: str, key: str, value: Any) -> None:
+    """Merge ``{section: {key: value}}`` into the JSON file at ``path`` (atomic write)."""
     data = json.loads(path.read_text()) if path.exists() else {}
-    data.setdefault(chapter, {})[key] = value
+    data.setdefault(section, {})[key] = _jsonable(value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     tmp.replace(path)
 

@@ -24,6 +24,11 @@ from PIL import Image
 from data_fetch.manifest import patient_level_split, write_manifest
 from data_fetch.paths import dataset_dir
 
+#: The 13 finding labels of the CheXpert labeller (CheXpert and MIMIC-CXR-JPG's chexpert table).
+CHEXPERT_LABELS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+                   "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax",
+                   "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices")
+
 log = logging.getLogger("data_fetch")
 
 DEFAULT_NAME = "default"

@@ -35,9 +35,7 @@ DEMO_FILE = "CHEXPERT DEMO.xlsx"
 ACCESS_HINT = ("CheXpert needs a (free) Stanford AIMI registration and its research use "
                "agreement: https://stanfordaimi.azurewebsites.net/datasets . Signed URLs expire: "
                "paste a fresh one.")
-LABELS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-          "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-          "Pleural Other", "Fracture", "Support Devices")
+LABELS = C.CHEXPERT_LABELS
 IMAGE_KEY = re.compile(r"(train|valid|test)/(patient\d+)/(study\d+)/(view\d+_\w+)\.jpg$")
 TYPICAL_JPEG_BYTES = 60_000
 

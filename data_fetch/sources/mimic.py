@@ -43,9 +43,7 @@ TABLES = {"metadata": "mimic-cxr-2.0.0-metadata.csv.gz", "chexpert": "mimic-cxr-
 ACCESS_HINT = ("MIMIC needs a PhysioNet credentialed account and signed data use agreements for "
                "MIMIC-CXR-JPG and MIMIC-IV: https://physionet.org/settings/credentialing/ . "
                "Check PHYSIONET_USERNAME / PHYSIONET_PASSWORD or ~/.netrc.")
-LABELS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-          "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-          "Pleural Other", "Fracture", "Support Devices")
+LABELS = C.CHEXPERT_LABELS
 UNINFORMATIVE = ("UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER", "DECLINED TO ANSWER")
 TYPICAL_JPEG_BYTES = 600_000
 

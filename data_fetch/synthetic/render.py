@@ -387,7 +387,6 @@ class Renderer:
 
     def _site_marks(self, img: np.ndarray, look: SiteLook, row) -> np.ndarray:
         """Collimation border and the burnt-in laterality marker; returns uint8."""
-        n = self.cfg.image_size
         left, right, top, bottom = look.collimation
         inside = (_soft(self.x + 1 - 2 * left, self.edge) * _soft(1 - 2 * right - self.x, self.edge)
                   * _soft(self.y + 1 - 2 * top, self.edge) * _soft(1 - 2 * bottom - self.y, self.edge))
