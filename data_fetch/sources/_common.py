@@ -225,3 +225,18 @@ def say(message: str) -> None:
     """A progress message for the user (goes through logging and stdout)."""
     log.info(message)
     print(message, flush=True)
+
+
+def whole_patient_subset(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """The first ``limit`` images of whole patients taken in a seeded random order.
+
+    Keeps every image of a patient together (up to the cut), so a subset never splits a
+    patient's studies; ``limit=None`` or a limit above the table size returns ``df`` unchanged.
+    """
+    if limit is None or len(df) <= limit:
+        return df
+    patients = sorted(df["patient_id"].unique())
+    order = np.random.default_rng(seed).permutation(len(patients))
+    rank = {patients[i]: r for r, i in enumerate(order)}
+    df = df.assign(_rank=df["patient_id"].map(rank)).sort_values(["_rank", "image_id"])
+    return df.head(limit).drop(columns="_rank")

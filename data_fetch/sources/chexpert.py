@@ -150,13 +150,7 @@ def build_rows(table: pd.DataFrame, demo: pd.DataFrame | None, seed: int) -> pd.
 
 def _subset(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     """Whole patients in a seeded random order until ``limit`` images."""
-    if limit is None or len(df) <= limit:
-        return df
-    patients = sorted(df["patient_id"].unique())
-    order = np.random.default_rng(seed).permutation(len(patients))
-    rank = {patients[i]: r for r, i in enumerate(order)}
-    df = df.assign(_rank=df["patient_id"].map(rank)).sort_values(["_rank", "image_id"])
-    return df.head(limit).drop(columns="_rank")
+    return C.whole_patient_subset(df, limit, seed)
 
 
 # ----------------------------------------------------------------------------- driver

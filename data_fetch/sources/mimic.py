@@ -172,13 +172,7 @@ def select(table: pd.DataFrame, count: int | None, wanted: list[str] | None, see
     if wanted is not None:
         names = {Path(w.strip()).stem for w in wanted if w.strip()}
         return table[table["image_id"].isin(names)]
-    if count is None or count >= len(table):
-        return table
-    patients = sorted(table["patient_id"].unique())
-    order = np.random.default_rng(seed).permutation(len(patients))
-    rank = {patients[i]: r for r, i in enumerate(order)}
-    table = table.assign(_r=table["patient_id"].map(rank)).sort_values(["_r", "image_id"])
-    return table.head(count).drop(columns="_r")
+    return C.whole_patient_subset(table, count, seed)
 
 
 # ----------------------------------------------------------------------------- driver
