@@ -40,6 +40,12 @@ def _images_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t
 
 
+IG_CHUNK = 32
+"""Integrated gradients evaluates ``n_steps`` interpolated copies of each image; captum runs
+them through the model at most this many at a time (at least one batch of images), so memory does
+not grow with ``n_steps`` (all 512 copies at once cost 600 MB on the demo model)."""
+
+
 def _targets(target: int | Sequence[int] | np.ndarray, n: int) -> torch.Tensor:
     tgt = torch.as_tensor(np.broadcast_to(np.asarray(target, dtype=np.int64), (n,)).copy())
     if (tgt < 0).any():
@@ -55,7 +61,8 @@ def _attribute_batch(model: nn.Module, x: torch.Tensor, target: torch.Tensor, me
         return Saliency(model).attribute(x, target=target, abs=True)
     if method == "integrated_gradients":
         return IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=target,
-                                                    n_steps=n_steps, internal_batch_size=len(x) * n_steps)
+                                                    n_steps=n_steps,
+                                                    internal_batch_size=max(len(x), IG_CHUNK))
     if method == "occlusion":
         return Occlusion(model).attribute(x, target=target, sliding_window_shapes=(1, window, window),
                                           strides=(1, stride, stride), baselines=0.0,

@@ -131,3 +131,14 @@ def test_check_saliency_reading():
         S.check_saliency_reading(0.5, 0.25, "located", maps, masks)
     with pytest.raises(AssertionError, match="share_in_lungs"):
         S.check_saliency_reading(0.9, 0.25, "sensitivity", maps, masks)
+
+
+def test_integrated_gradients_is_complete_when_run_in_chunks(trained, monkeypatch):
+    """IG's completeness axiom: attributions sum to f(x) - f(black). It must hold when captum
+    runs the interpolated copies a few at a time (the chunking that keeps chapter 4 small)."""
+    model, x, y = trained
+    monkeypatch.setattr(S, "IG_CHUNK", 4)
+    maps = S.attribute(model, x, y, "integrated_gradients", n_steps=64, absolute=False)
+    with torch.no_grad():
+        scores = model(x).gather(1, y[:, None])[:, 0] - model(torch.zeros_like(x)).gather(1, y[:, None])[:, 0]
+    np.testing.assert_allclose(maps.reshape(len(maps), -1).sum(axis=1), scores.numpy(), rtol=0.05, atol=0.05)
