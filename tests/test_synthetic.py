@@ -80,7 +80,7 @@ def test_manifest_schema_split_and_files(tiny_cohort):
     for rel in list(df["path"]) + list(df["mask_path"]):
         with Image.open(tiny_cohort / rel) as im:
             assert im.mode == "L" and im.size == (32, 32)
-    assert "| `group_signal` | 1.85 |" in (tiny_cohort / "DATA_CARD.md").read_text()
+    assert "| `group_signal` | 2.1 |" in (tiny_cohort / "DATA_CARD.md").read_text()
 
 
 def test_no_finding_is_consistent_with_recorded_findings(tiny_cohort):

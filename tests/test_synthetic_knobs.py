@@ -20,11 +20,15 @@ OFF = dict(group_signal=0.0, site_confounding=0.0, covariate_shift=0.0)
 BASE = dict(n_patients=900, image_size=32, group_proportions=(1 / 3, 1 / 3, 1 / 3))
 
 
+def _pixels(imgs):
+    """16 x 16 block means, flattened: the features of the pixel model."""
+    return imgs.reshape(len(imgs), 16, 2, 16, 2).mean(axis=(2, 4)).reshape(len(imgs), -1)
+
+
 def _load(folder):
     df = read_manifest(folder)
     imgs = np.stack([np.asarray(Image.open(p), np.float32) for p in df["abspath"]]) / 255.0
-    small = imgs.reshape(len(imgs), 16, 2, 16, 2).mean(axis=(2, 4)).reshape(len(imgs), -1)
-    return df, small, df["race"].map({"A": 0, "B": 1, "C": 2}).to_numpy()
+    return df, _pixels(imgs), df["race"].map({"A": 0, "B": 1, "C": 2}).to_numpy(), imgs
 
 
 def _macro_auc(y, proba):
@@ -48,7 +52,7 @@ def cohorts(tmp_path_factory):
     return made
 
 
-def _within(df, x, y):
+def _within(df, x, y, imgs=None):
     tr, te = (df["split"] == "train").to_numpy(), (df["split"] != "train").to_numpy()
     return _macro_auc(y[te], _fit(x[tr], y[tr])(x[te]))
 
@@ -64,10 +68,52 @@ def test_default_group_signal_is_found(cohorts):
 
 
 def test_site_shortcut_works_only_while_site_and_group_are_linked(cohorts):
-    df, x, y = cohorts["site"]
+    df, x, y, _ = cohorts["site"]
     assert _within(df, x, y) > 0.9, "with full site confounding the site look gives the group away"
     tr = (df["split"] == "train").to_numpy()
     predict = _fit(x[tr], y[tr])
-    _, x_ind, y_ind = cohorts["off"]        # same sites, group independent of site
+    _, x_ind, y_ind, _ = cohorts["off"]        # same sites, group independent of site
     auc = _macro_auc(y_ind, predict(x_ind))
     assert abs(auc - 0.5) < 0.05, f"AUC {auc:.3f} on a test set where site and group are independent"
+
+
+def _spectrum_features(imgs):
+    """Log power in 4 radial x 6 orientation bins of the 2-D spectrum: a texture model."""
+    n = imgs.shape[-1]
+    f = np.fft.fftfreq(n)
+    fx, fy = np.meshgrid(f, f)
+    radius = np.digitize(np.hypot(fx, fy) / 0.5, [0.25, 0.5, 0.75])
+    angle = np.floor((np.arctan2(fy, fx) % np.pi) / (np.pi / 6)).astype(int).clip(0, 5)
+    power = np.abs(np.fft.fft2(imgs - imgs.mean(axis=(1, 2), keepdims=True))) ** 2
+    bins = (radius * 6 + angle).ravel()
+    feats = np.stack([np.bincount(bins, weights=p.ravel(), minlength=24) for p in power])
+    return np.log(feats + 1e-9)
+
+
+def _degradation(name, level):
+    from cxrlab import degrade
+
+    if name == "black_out_tile":
+        return lambda x: degrade.black_out_tile(x, int(level))
+    return degrade.make_degradation(name, level)
+
+
+@pytest.mark.parametrize("name, level, features, floor", [
+    ("low_pass", 25, _pixels, 0.75),        # a moderate low-pass radius (paper: 0.89)
+    ("high_pass", 100, _spectrum_features, 0.8),   # a high high-pass radius (paper: 0.85)
+    ("downsample", 16, _pixels, 0.75),      # half the size: 64 -> 32 px on the demo cohort
+    ("black_out_tile", 4, _pixels, 0.75),   # the centre tile of the 3 x 3 grid blacked out
+])
+def test_default_group_signal_survives_degradation(cohorts, name, level, features, floor):
+    """The issue's calibration target, as a property of the data: after each degradation the
+    group is still in the pixels of the texture-only cohort (a linear model finds it), and
+    with every route off the same degradation finds nothing."""
+    from cxrlab.degrade import degrade_images
+
+    aucs = {}
+    for cohort in ("signal", "off"):
+        df, _, y, imgs = cohorts[cohort]
+        degraded = degrade_images(imgs, _degradation(name, level))
+        aucs[cohort] = _within(df, features(degraded), y)
+    assert aucs["signal"] > floor, f"{name} {level}: AUC {aucs['signal']:.3f} <= {floor}"
+    assert abs(aucs["off"] - 0.5) < 0.06, f"{name} {level} finds a group with every route off"

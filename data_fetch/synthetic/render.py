@@ -102,7 +102,9 @@ class Renderer:
         r = np.hypot(fx, fy)
         nyq = n / 2.0
         lo, hi = cfg.signal_band[0] * nyq, cfg.signal_band[1] * nyq
-        band = expit((r - lo) / 0.5) * expit((hi - r) / 0.5) * np.maximum(r, 0.5) ** -cfg.signal_slope
+        knee = cfg.signal_knee * nyq
+        rise = (np.minimum(np.maximum(r, 0.5), knee) / knee) ** -cfg.signal_slope
+        band = expit((r - lo) / 0.5) * expit((hi - r) / 0.5) * rise
         theta = np.arctan2(fy, fx)
         filters = []
         for g in range(3):
