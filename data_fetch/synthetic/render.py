@@ -95,7 +95,8 @@ class Renderer:
 
     # -------------------------------------------------------------------- group signal
     def _group_filters(self) -> list[np.ndarray]:
-        """Each group's amplitude spectrum: a radial band with a group-specific orientation."""
+        """Each group's amplitude spectrum: a radial band (flat above ``signal_knee``, rising as
+        f^-slope below it) with a group-specific orientation."""
         n, cfg = self.cfg.image_size, self.cfg
         f = np.fft.fftfreq(n) * n
         fx, fy = np.meshgrid(f, f)
