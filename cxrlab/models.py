@@ -149,10 +149,27 @@ def build_model(name: str, n_outputs: int, pretrained: bool = False) -> OneChann
     return model
 
 
+INFERENCE_PIXELS = 256 * 64 * 64
+"""Pixels per inference batch: 256 images at 64 px, 64 at 128 px, 20 at 224 px. Activation
+memory grows with pixels, not images, so a fixed image count that is fine at 64 px costs
+hundreds of MB at 128 px (the Binder budget is about 2 GB)."""
+
+
+def inference_batch_size(requested: int, images: np.ndarray) -> int:
+    """``requested``, capped so one batch of ``images`` holds at most :data:`INFERENCE_PIXELS`.
+
+    >>> inference_batch_size(256, np.zeros((10, 128, 128), np.uint8))
+    64
+    """
+    pixels = int(np.prod(np.shape(images)[-2:])) if np.ndim(images) >= 2 else 1
+    return max(1, min(int(requested), INFERENCE_PIXELS // max(pixels, 1)))
+
+
 def _batches(images: np.ndarray, batch_size: int,
              transform: Callable[[torch.Tensor], torch.Tensor] | None):
     from cxrlab.datasets import to_float_tensor
 
+    batch_size = inference_batch_size(batch_size, images)
     for start in range(0, len(images), batch_size):
         batch = torch.stack([to_float_tensor(img) for img in images[start:start + batch_size]])
         if transform is not None:

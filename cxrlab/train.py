@@ -211,6 +211,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def _validation_batch_size(val_ds: Dataset, batch_size: int) -> int:
+    """At least the training batch, at most 128 images or the inference pixel budget."""
+    from cxrlab.models import inference_batch_size
+
+    if len(val_ds) == 0:
+        return max(batch_size, 128)
+    return max(batch_size, inference_batch_size(128, val_ds[0][0]))
+
+
 def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, device: torch.device,
             num_workers: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
@@ -267,7 +276,8 @@ def fit(
         _set_target_scaling(model, train_ds)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     train_loader = _loader(train_ds, batch_size, True, seed, device, num_workers)
-    val_loader = _loader(val_ds, max(batch_size, 128), False, seed, device, num_workers)
+    val_loader = _loader(val_ds, _validation_batch_size(val_ds, batch_size), False, seed, device,
+                         num_workers)
     scheduler = _scheduler(optimizer, lr_schedule, epochs * len(train_loader))
     history = History(task=task, monitor=monitor)
     best_value, best_state, waited = None, None, 0
@@ -336,8 +346,9 @@ def predict(
     ``model.task`` (set by :func:`fit`). ``transform`` is applied to each float image (e.g. a
     chapter-4 degradation at test time).
     """
-    from cxrlab.models import _batches
+    from cxrlab.models import _batches, inference_batch_size
 
+    batch_size = inference_batch_size(batch_size, images)
     task = task or getattr(model, "task", "multiclass")
     device = pick_device(device)
     was_training = model.training

@@ -102,3 +102,25 @@ def test_history_round_trip_and_plot():
                                             "val_auc": 0.7, "seconds": 1.0}], best_epoch=1)
     assert History.from_dict(h.to_dict()) == h
     assert "best_epoch=1" in repr(h)
+
+
+def test_inference_batches_follow_a_pixel_budget(monkeypatch):
+    """Big images are predicted in smaller batches (memory), with the same predictions."""
+    from cxrlab import models
+
+    assert models.inference_batch_size(256, np.zeros((3, 64, 64))) == 256
+    assert models.inference_batch_size(256, np.zeros((3, 128, 128))) == 64
+    assert models.inference_batch_size(16, np.zeros((3, 128, 128))) == 16
+    assert models.inference_batch_size(256, np.zeros((3, 4096, 4096))) == 1
+    torch.manual_seed(0)
+    net = models.build_model("smallcnn", 3)
+    images = (np.random.default_rng(0).random((40, 32, 32)) * 255).astype(np.uint8)
+    seen = []
+    real_forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda x: seen.append(len(x)) or real_forward(x))
+    whole = predict(net, images, batch_size=256)
+    monkeypatch.setattr(models, "INFERENCE_PIXELS", 32 * 32 * 8)
+    seen.clear()
+    chunked = predict(net, images, batch_size=256)
+    assert seen == [8] * 5
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
