@@ -1,0 +1,126 @@
+"""Training speed on this machine: the image cache versus decoding PNGs, and images/s per model.
+
+Two measurements (issue 5):
+
+1. One training epoch of the demo small CNN over the same images, read (a) from the
+   memory-mapped uint8 cache (:func:`cxrlab.cache.load_image_cache`, what the course uses) and
+   (b) by decoding each PNG again in ``__getitem__`` (:func:`cxrlab.cache.decode_image`), which
+   is what a loader without the cache does every epoch. Target: the cache at least 2x faster at
+   64 px.
+2. Training throughput (forward + backward + optimiser step, images/s, after warm-up batches)
+   of every model in :mod:`cxrlab.models` at 64, 128 and 224 px on this machine's CPU threads.
+
+Run: ``.venv/bin/python bench/bench_training.py`` (about 5 minutes on 2 cores). The synthetic
+images are generated into a temporary folder first and deleted afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxrlab.cache import decode_image, load_image_cache
+from cxrlab.datasets import CXRDataset, default_augmentation
+from cxrlab.models import build_model
+from data_fetch.manifest import read_manifest
+from data_fetch.synthetic import SyntheticConfig, generate_cohort
+
+MODELS = ("smallcnn", "resnet18", "resnet34", "densenet121")
+
+
+class DecodingDataset(Dataset):
+    """The no-cache baseline: decode (and resize) the PNG on every access."""
+
+    def __init__(self, paths: list[str], targets: np.ndarray, size: int) -> None:
+        self.paths, self.targets, self.size = paths, targets, size
+        self.augmentation = default_augmentation()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: int):
+        raw = decode_image(self.paths[item], self.size)
+        return self.augmentation(raw), torch.tensor(int(self.targets[item]))
+
+
+def one_epoch_seconds(dataset: Dataset, size: int, batch_size: int = 32) -> float:
+    """Wall time of one training epoch of the small CNN over ``dataset``."""
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    for x, y in loader:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def cache_versus_png(folder: Path, size: int) -> dict:
+    """Epoch time from the cache and from PNG decoding (first epoch after a warm-up epoch)."""
+    df = read_manifest(folder)
+    targets = df["race"].map({"A": 0, "B": 1, "C": 2}).to_numpy()
+    images = load_image_cache(df, size, folder / "cache", progress=False)
+    cached = CXRDataset(images, targets, augment=True)
+    decoding = DecodingDataset(list(df["abspath"]), targets, size)
+    one_epoch_seconds(cached, size)                # warm-up (threads, page cache)
+    t_cache = one_epoch_seconds(cached, size)
+    t_png = one_epoch_seconds(decoding, size)
+    return {"size": size, "images": len(df), "cache_s": round(t_cache, 2), "png_s": round(t_png, 2),
+            "speed-up": round(t_png / t_cache, 2)}
+
+
+def training_images_per_second(name: str, size: int, batch_size: int = 32, batches: int = 4) -> float:
+    """Forward + backward + step throughput of ``name`` at ``size`` px (after 2 warm-up batches)."""
+    torch.manual_seed(0)
+    model = build_model(name, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.rand(batch_size, 1, size, size)
+    y = torch.randint(0, 3, (batch_size,))
+    for i in range(batches + 2):
+        if i == 2:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point: print both tables as Markdown."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--patients", type=int, default=400, help="cohort for the cache test")
+    args = parser.parse_args(argv)
+    print(f"{platform.node()}: torch {torch.__version__}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        rows = []
+        for size in (64, 128):
+            folder = Path(tmp) / f"cohort{size}"
+            generate_cohort(folder, SyntheticConfig(n_patients=args.patients, image_size=size),
+                            progress=False)
+            rows.append(cache_versus_png(folder, size))
+    print("\n| image size | images | epoch from cache (s) | epoch decoding PNGs (s) | speed-up |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['size']} | {r['images']} | {r['cache_s']} | {r['png_s']} | {r['speed-up']}x |")
+    print("\n| model | " + " | ".join(f"{s} px" for s in args.sizes) + " |")
+    print("|---|" + "---:|" * len(args.sizes))
+    for name in args.models:
+        rates = [training_images_per_second(name, s, batches=2 if s >= 224 else 4) for s in args.sizes]
+        print(f"| {name} | " + " | ".join(f"{r:.0f}" for r in rates) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
