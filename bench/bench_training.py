@@ -75,8 +75,8 @@ def cache_versus_png(folder: Path, size: int) -> dict:
     one_epoch_seconds(cached, size)                # warm-up (threads, page cache)
     t_cache = one_epoch_seconds(cached, size)
     t_png = one_epoch_seconds(decoding, size)
-    return {"size": size, "images": len(df), "cache_s": round(t_cache, 2), "png_s": round(t_png, 2),
-            "speed-up": round(t_png / t_cache, 2)}
+    return {"size": size, "images": len(df), "cache_s": t_cache, "png_s": t_png,
+            "speed-up": t_png / t_cache}
 
 
 def training_images_per_second(name: str, size: int, batch_size: int = 32, batches: int = 4) -> float:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| image size | images | epoch from cache (s) | epoch decoding PNGs (s) | speed-up |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['size']} | {r['images']} | {r['cache_s']} | {r['png_s']} | {r['speed-up']}x |")
+        print(f"| {r['size']} | {r['images']} | {r['cache_s']:.2f} | {r['png_s']:.2f} | {r['speed-up']:.1f}x |")
     print("\n| model | " + " | ".join(f"{s} px" for s in args.sizes) + " |")
     print("|---|" + "---:|" * len(args.sizes))
     for name in args.models:
