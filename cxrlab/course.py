@@ -105,11 +105,6 @@ def inject_parameters(nb: nbformat.NotebookNode, params: dict[str, Any]) -> nbfo
     return nb
 
 
-def update_results(path: Path, section: str, key: str, value: Any) -> None:
-    """Merge ``{section: {key: value}}`` into results.json (see :func:`cxrlab.results.merge_into_json`)."""
-    merge_into_json(path, section, key, value)
-
-
 def write_html(nb: nbformat.NotebookNode, target: Path) -> Path:
     """Write an HTML copy of an executed notebook (images embedded)."""
     from nbconvert import HTMLExporter
@@ -192,7 +187,7 @@ def run_course(notebooks: list[Path], out: Path, *, preset: str = "demo",
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results_path.unlink(missing_ok=True)
-    update_results(results_path, RESULTS_SECTION, "preset", preset)
+    merge_into_json(results_path, RESULTS_SECTION, "preset", preset)
     runs: list[ChapterRun] = []
     for i, path in enumerate(notebooks, 1):
         print(f"[{i}/{len(notebooks)}] {path.stem} ...", end=" ", flush=True)
@@ -201,10 +196,10 @@ def run_course(notebooks: list[Path], out: Path, *, preset: str = "demo",
         runs.append(run)
         note = f": {run.error}" if run.error else ""
         print(f"{run.status} ({run.seconds:.1f} s){note}", flush=True)
-        update_results(results_path, RESULTS_SECTION, "chapters",
+        merge_into_json(results_path, RESULTS_SECTION, "chapters",
                        {r.chapter: {k: v for k, v in asdict(r).items() if k != "chapter"}
                         for r in runs})
-    update_results(results_path, RESULTS_SECTION, "ok", all(r.status == "ok" for r in runs))
+    merge_into_json(results_path, RESULTS_SECTION, "ok", all(r.status == "ok" for r in runs))
     return runs
 
 

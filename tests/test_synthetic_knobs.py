@@ -52,18 +52,18 @@ def cohorts(tmp_path_factory):
     return made
 
 
-def _within(df, x, y, imgs=None):
+def _within(df, x, y):
     tr, te = (df["split"] == "train").to_numpy(), (df["split"] != "train").to_numpy()
     return _macro_auc(y[te], _fit(x[tr], y[tr])(x[te]))
 
 
 def test_group_is_invisible_with_every_route_off(cohorts):
-    auc = _within(*cohorts["off"])
+    auc = _within(*cohorts["off"][:3])
     assert abs(auc - 0.5) < 0.05, f"AUC {auc:.3f}: the group leaks into the pixels with all knobs off"
 
 
 def test_default_group_signal_is_found(cohorts):
-    auc = _within(*cohorts["signal"])
+    auc = _within(*cohorts["signal"][:3])
     assert auc > 0.65, f"AUC {auc:.3f}: the default group signal should be well above chance"
 
 
@@ -94,7 +94,7 @@ def _degradation(name, level):
     from cxrlab import degrade
 
     if name == "black_out_tile":
-        return lambda x: degrade.black_out_tile(x, int(level))
+        return degrade.BlackOutTile(int(level))
     return degrade.make_degradation(name, level)
 
 

@@ -148,11 +148,6 @@ def build_rows(table: pd.DataFrame, demo: pd.DataFrame | None, seed: int) -> pd.
     return df.reset_index(drop=True)
 
 
-def _subset(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """Whole patients in a seeded random order until ``limit`` images."""
-    return C.whole_patient_subset(df, limit, seed)
-
-
 # ----------------------------------------------------------------------------- driver
 def _locate(local: str | Path | None, url: str | None, dest: Path, keep_archive: bool,
             progress: bool, net: dict) -> tuple[Path, bool]:
@@ -193,7 +188,7 @@ def fetch_chexpert(dest: str | Path | None = None, *, local: str | Path | None =
     location, remove_after = _locate(local, url, dest, keep_archive, progress, net)
     box = Container(location)
     demo_table, demo_origin = _load_demo(demo, box, location, net)
-    rows = _subset(build_rows(read_labels(box), demo_table, seed), limit, seed)
+    rows = C.whole_patient_subset(build_rows(read_labels(box), demo_table, seed), limit, seed)
     dl.check_free_space(dest, C.estimate_disk(len(rows), size))
     members = box.images()
     keep, corrupt = _convert(rows, members, box, dest, size, progress)
