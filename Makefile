@@ -24,7 +24,7 @@ course:  ## run every chapter headless on the synthetic cohort; writes build/
 test: test-unit test-notebooks  ## unit tests, fetchers, grading, browser, then every notebook under nbval
 
 test-unit:
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --doctest-modules cxrlab data_fetch
 
 test-notebooks:
 	CXRLAB_PRESET=demo CXRLAB_DATA=$(CXRLAB_TEST_DATA) $(PY) -m pytest -p no:cacheprovider \

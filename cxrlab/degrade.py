@@ -538,10 +538,9 @@ def degrade_images(images: np.ndarray, degradation: Callable[[torch.Tensor], tor
 
 def _macro_row(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], groups: Any,
                n_boot: int, seed: int) -> dict[str, Any]:
-    from cxrlab.metrics import bootstrap_ci, macro_auc
+    from cxrlab.metrics import macro_auc_ci
 
-    ci = bootstrap_ci(lambda a, b: macro_auc(a, b, classes), y, proba, groups=groups,
-                      n_boot=n_boot, seed=seed)
+    ci = macro_auc_ci(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed)
     return {"class": "macro", "auc": ci.estimate, "ci_low": ci.low, "ci_high": ci.high}
 
 

@@ -263,7 +263,7 @@ def _autograde_worker(course_dir: str, learner: str, chapter: str, timeout: floa
 
 
 def last_error_line(log: str) -> str:
-    """The last ``SomeError: message`` line of a log (nbgrader's own summary exception excluded).
+    r"""The last ``SomeError: message`` line of a log (nbgrader's own summary exception excluded).
 
     >>> last_error_line("Traceback ...\nValueError: bad cell\nNbGraderException: see above")
     'ValueError: bad cell'
@@ -472,7 +472,7 @@ def grade_submissions(submissions: Path, out: Path | None = None, *, solutions: 
     """Grade every learner folder in ``submissions``; write the gradebook and feedback to ``out``.
 
     >>> run = grade_submissions(Path("submissions"), Path("grades"))   # doctest: +SKIP
-    >>> run.gradebook
+    >>> run.gradebook                                                   # doctest: +SKIP
     PosixPath('grades/gradebook.csv')
 
     ``out`` defaults to ``submissions/_grades``. The temporary course directory is created in

@@ -43,6 +43,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from tqdm.auto import tqdm
 
+from cxrlab import metrics
+
 NUMERIC_COVARIATES = ("age", "bmi")
 CATEGORICAL_COVARIATES = ("sex", "view", "site")
 COVARIATE_SETS = ("age", "sex", "bmi", "view", "findings", "site")
@@ -85,27 +87,6 @@ def macro_ovr_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def _strict(fn: Callable[..., float]) -> Callable[..., float]:
-    """Wrap an AUC function so an undefined value raises (the bootstrap then skips that resample)."""
-    def wrapped(*arrays: np.ndarray) -> float:
-        value = fn(*arrays)
-        if not np.isfinite(value):
-            raise ValueError("AUC undefined on this resample (one class only)")
-        return value
-    return wrapped
-
-
-def _bootstrap(fn: Callable[..., float], arrays: Sequence[np.ndarray], groups: np.ndarray | None,
-               n_boot: int, seed: int) -> tuple[float, float]:
-    """95% CI of ``fn(*arrays)`` resampling ``groups`` (patients): :func:`cxrlab.metrics.bootstrap_ci`."""
-    if n_boot <= 0:
-        return float("nan"), float("nan")
-    from cxrlab.metrics import bootstrap_ci
-
-    ci = bootstrap_ci(_strict(fn), *arrays, groups=groups, n_boot=n_boot, seed=seed)
-    return float(ci.low), float(ci.high)
-
-
 def auc_with_ci(y_true: np.ndarray, score: np.ndarray, groups: np.ndarray | None = None,
                 n_boot: int = 200, seed: int = 0) -> dict[str, float]:
     """Binary AUC with a 95% bootstrap CI over ``groups`` (patient ids; images if ``None``).
@@ -116,8 +97,8 @@ def auc_with_ci(y_true: np.ndarray, score: np.ndarray, groups: np.ndarray | None
     score = np.asarray(score, dtype=float)
     auc = binary_auc(y_true, score)
     lo = hi = float("nan")
-    if np.isfinite(auc):
-        lo, hi = _bootstrap(binary_auc, (y_true, score), groups, n_boot, seed)
+    if np.isfinite(auc) and n_boot > 0:
+        _, lo, hi, *_ = metrics.binary_auc_ci(y_true, score, groups, n_boot, seed)
     return {"auc": auc, "ci_low": lo, "ci_high": hi, "n": int(len(y_true))}
 
 
@@ -140,8 +121,8 @@ def ovr_auc_table(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
             for k, c in enumerate(classes)]
     if macro and len(classes) > 2:
         auc = macro_ovr_auc(y_true, proba)
-        lo, hi = (_bootstrap(macro_ovr_auc, (y_true, proba), groups, n_boot, seed)
-                  if np.isfinite(auc) else (float("nan"), float("nan")))
+        lo, hi = (metrics.macro_auc_ci(y_true, proba, groups=groups, n_boot=n_boot, seed=seed)[1:3]
+                  if np.isfinite(auc) and n_boot > 0 else (float("nan"), float("nan")))
         rows.append({"class": "macro", "auc": auc, "ci_low": lo, "ci_high": hi, "n": int(len(y_true))})
     return pd.DataFrame(rows)
 
@@ -208,7 +189,7 @@ def linear_probe(features_train: np.ndarray, y_train: np.ndarray, features_test:
 
     >>> rng = np.random.default_rng(0); X = rng.normal(size=(80, 3)); y = (X[:, 0] > 0).astype(int)
     >>> r = linear_probe(X[:60], y[:60], X[60:], y[60:], ["no", "yes"], n_boot=0)
-    >>> r.table["auc"].iloc[0] > 0.9
+    >>> bool(r.table["auc"].iloc[0] > 0.9)
     True
     """
     return fit_probe(make_linear_probe(seed, C), features_train, y_train, features_test, y_test,

@@ -106,8 +106,8 @@ def test_bootstrap_ci_generic_and_age_mae():
     assert mae.estimate == pytest.approx(7.5) and 5 <= mae.low <= mae.high <= 10
 
 
-def test_sex_auc_drops_unknown():
-    ci = metrics.sex_auc([0, 1, -1, 1, 0], [0.1, 0.9, 0.99, 0.8, 0.3], n_boot=30)
+def test_binary_auc_ci_drops_unknown():
+    ci = metrics.binary_auc_ci([0, 1, -1, 1, 0], [0.1, 0.9, 0.99, 0.8, 0.3], n_boot=30)
     assert ci.estimate == 1.0
 
 
@@ -140,3 +140,25 @@ def test_check_auc_table(capsys):
         checks.check_auc_table(bad, min_auc=0.9)
     with pytest.raises(checks.CheckFailed, match="lacks column"):
         checks.check_auc_table(table.drop(columns="ci_low"))
+
+
+def test_vectorised_macro_ci_equals_bootstrapping_macro_auc():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 90)
+    y[:5] = -1                                               # unknown labels are ignored
+    proba = rng.dirichlet([1, 1, 1], 90) + 0.4 * np.eye(3)[np.clip(y, 0, 2)]
+    groups = np.repeat(np.arange(30), 3)
+    fast = metrics.macro_auc_ci(y, proba, ["A", "B", "C"], groups=groups, n_boot=60, seed=2)
+    slow = metrics.bootstrap_ci(lambda a, b: metrics.macro_auc(a, b), y, proba, groups=groups,
+                                n_boot=60, seed=2)
+    assert fast.estimate == pytest.approx(slow.estimate)
+    assert (fast.low, fast.high) == pytest.approx((slow.low, slow.high), abs=1e-12)
+    assert (fast.n_boot, fast.n_skipped) == (slow.n_boot, slow.n_skipped)
+
+
+def test_vectorised_macro_ci_skips_resamples_with_one_class():
+    y, proba = np.array([0, 1]), np.eye(2)                   # two patients, one per class
+    ci = metrics.macro_auc_ci(y, proba, n_boot=50, seed=0)
+    drawn_both = (metrics.bootstrap_weights(None, 2, 50, seed=0) > 0).all(axis=1).sum()
+    assert ci.estimate == 1.0 and ci.n_boot == drawn_both and ci.n_skipped == 50 - drawn_both
+    assert 0 < drawn_both < 50 and (ci.low, ci.high) == (1.0, 1.0)
