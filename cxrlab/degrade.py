@@ -567,7 +567,8 @@ def sweep_at_test_time(trained_model: Any, images: np.ndarray, y_true: np.ndarra
                        n_boot: int = 100, seed: int = 0, per_class: bool = True, progress: bool = True):
     """Degrade the test images at each level and score a model trained on *clean* images.
 
-    ``trained_model`` has ``.predict(float_images) -> proba`` (a ``TrainedModel``). Returns a
+    ``trained_model`` has ``.predict(images, transform=...) -> proba`` (a ``TrainedModel``:
+    the degradation runs batch by batch, so no degraded copy of the test set is held). Returns a
     DataFrame with ``degradation, level, class, auc, ci_low, ci_high``: one row per class
     (unless ``per_class=False``, which halves the bootstrap work) and a ``macro`` row.
     """
@@ -577,7 +578,7 @@ def sweep_at_test_time(trained_model: Any, images: np.ndarray, y_true: np.ndarra
     spec = SEVERITY_SWEEPS[name]
     rows = []
     for level in tqdm(levels or spec.levels, desc=f"sweeping {name}", disable=not progress, leave=False):
-        proba = trained_model.predict(degrade_images(images, make_degradation(name, level)))
+        proba = trained_model.predict(images, transform=make_degradation(name, level))
         for row in auc_rows(y_true, proba, classes, groups, n_boot, seed, per_class):
             rows.append({"degradation": name, "level": level, **row})
     return pd.DataFrame(rows)
@@ -620,7 +621,7 @@ def tile_auc_grid(trained_model: Any, images: np.ndarray, y_true: np.ndarray, cl
     fn = black_out_tile if mode == "black_out" else keep_tile
     rows = []
     for tile in range(grid * grid):
-        proba = trained_model.predict(degrade_images(images, lambda x, t=tile: fn(x, t, grid)))
+        proba = trained_model.predict(images, transform=lambda x, t=tile: fn(x, t, grid))
         row = _macro_row(y_true, proba, classes, groups, n_boot, seed)
         r, c = divmod(tile, grid)
         rows.append({"tile": tile, "row": r, "col": c, "auc": row["auc"], "ci_low": row["ci_low"],

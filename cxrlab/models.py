@@ -172,9 +172,7 @@ def _batches(images: np.ndarray, batch_size: int,
     batch_size = inference_batch_size(batch_size, images)
     for start in range(0, len(images), batch_size):
         batch = torch.stack([to_float_tensor(img) for img in images[start:start + batch_size]])
-        if transform is not None:
-            batch = torch.stack([transform(x) for x in batch])
-        yield batch
+        yield batch if transform is None else transform(batch)   # one call per batch (B, 1, H, W)
 
 
 @torch.no_grad()

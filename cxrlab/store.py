@@ -29,7 +29,7 @@ from torch import nn
 
 from cxrlab.datasets import CXRDataset
 from cxrlab.models import build_model
-from cxrlab.train import History, fit, predict, save_checkpoint, seed_everything
+from cxrlab.train import History, fit, predict, release_unused_memory, save_checkpoint, seed_everything
 
 TASK_OF_TARGET = {"race": "multiclass", "sex": "binary", "no_finding": "binary",
                   "age": "regression", "findings": "multilabel"}
@@ -64,7 +64,7 @@ class TrainedModel:
     def predict(self, images: np.ndarray, transform: Callable | None = None,
                 batch_size: int = 256) -> np.ndarray:
         """Probabilities (or values) for uint8 images ``(N, H, W)``; ``transform`` is applied
-        to each float image (e.g. a test-time degradation)."""
+        to each float batch ``(B, 1, H, W)`` (e.g. a test-time degradation)."""
         return predict(self.model, images, device=self.device, batch_size=batch_size,
                        transform=transform, task=self.task)
 
@@ -228,6 +228,7 @@ def get_model(
                        progress)
         save_checkpoint(saved, path)
         _write_sidecar(path, saved, time.perf_counter() - start)
+        release_unused_memory()
     return _trained_model(saved, session, key, path, variant, train_transform)
 
 

@@ -18,6 +18,8 @@ regression     float (e.g. age in years)       L1 (or MSE), standardised   value
 from __future__ import annotations
 
 import copy
+import ctypes
+import gc
 import json
 import os
 import random
@@ -34,6 +36,21 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 TASKS = ("multiclass", "binary", "multilabel", "regression")
+
+
+def release_unused_memory() -> bool:
+    """Collect garbage and hand the heap's free pages back to the operating system.
+
+    Training frees its batches, gradients and optimiser state, but glibc keeps the freed heap
+    and the kernel's resident memory stays at its training peak; on Binder (about 2 GB) that
+    is memory the later cells cannot have. Calls glibc's ``malloc_trim``; returns False where
+    there is no glibc (macOS, Windows, musl), which is harmless.
+    """
+    gc.collect()
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def seed_everything(seed: int) -> None:
@@ -225,7 +242,8 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, device: torc
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       num_workers=num_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0,
+                      collate_fn=getattr(ds, "collate", None))   # CXRDataset: batch transforms
 
 
 def fit(
@@ -343,8 +361,8 @@ def predict(
 
     Returns probabilities (softmax ``(N, C)`` for multiclass, sigmoid ``(N,)`` for binary,
     ``(N, K)`` for multilabel) or values ``(N,)`` for regression. ``task`` defaults to
-    ``model.task`` (set by :func:`fit`). ``transform`` is applied to each float image (e.g. a
-    chapter-4 degradation at test time).
+    ``model.task`` (set by :func:`fit`). ``transform`` is applied to each float batch
+    ``(B, 1, H, W)`` (e.g. a chapter-4 degradation at test time), so one FFT serves a batch.
     """
     from cxrlab.models import _batches, inference_batch_size
 

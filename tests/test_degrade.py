@@ -222,7 +222,9 @@ def test_sweeps_are_described():
 class DetailModel:
     """Stand-in classifier: class 1 iff the image has fine detail; knows nothing else."""
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray, transform=None) -> np.ndarray:
+        if transform is not None:                   # as TrainedModel.predict: floats, batched
+            images = D.degrade_images(images, transform, batch_size=16)
         detail = np.abs(np.diff(np.asarray(images, float), axis=-1)).mean(axis=(-2, -1))
         p = 1 / (1 + np.exp(-(detail - 0.02) * 200))
         return np.stack([1 - p, p], axis=1)

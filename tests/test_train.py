@@ -124,3 +124,42 @@ def test_inference_batches_follow_a_pixel_budget(monkeypatch):
     chunked = predict(net, images, batch_size=256)
     assert seen == [8] * 5
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_dataset_transform_runs_once_per_batch_during_fit():
+    from cxrlab import degrade
+
+    images, y = _data(n=40)
+    calls = []
+
+    def high_pass(batch):
+        calls.append(tuple(batch.shape))
+        return degrade.high_pass(batch, 50)
+
+    ds = CXRDataset(images, y, transform=high_pass)
+    batch, targets = ds.collate([ds[0], ds[1]])
+    expected = torch.stack([degrade.high_pass(ds[i][0], 50) for i in (0, 1)])
+    assert torch.allclose(batch, expected, atol=1e-6) and targets.tolist() == y[:2].tolist()
+    calls.clear()
+    fit(build_model("smallcnn", 3), ds, CXRDataset(images[:8], y[:8], transform=high_pass),
+        epochs=1, batch_size=16, patience=1, device="cpu", progress=False)
+    assert calls[:3] == [(16, 1, 16, 16), (16, 1, 16, 16), (8, 1, 16, 16)]  # 40 train images
+    assert len(calls) == 4                                                  # + one val batch
+
+
+def test_release_unused_memory_returns_freed_heap_to_the_os():
+    psutil = pytest.importorskip("psutil")
+    import platform
+
+    from cxrlab.train import release_unused_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    rss = lambda: psutil.Process().memory_info().rss / 2**20  # noqa: E731
+    release_unused_memory()
+    before = rss()
+    chunks = [bytearray(64 * 1024) for _ in range(4000)]       # 250 MB in heap-sized pieces
+    del chunks[:-1]                      # the last one pins the heap top: only a trim frees the rest
+    held = rss()
+    assert release_unused_memory() is True
+    assert held - before > 200 and held - rss() > 150
