@@ -584,21 +584,28 @@ def sweep_at_test_time(trained_model: Any, images: np.ndarray, y_true: np.ndarra
     return pd.DataFrame(rows)
 
 
+def degraded_model(session: Any, name: str, level: float, target: str = "race",
+                   progress: bool = True) -> Any:
+    """The store's ``target`` model trained, validated and tested on images degraded by
+    ``make_degradation(name, level)`` (variant ``"<name>-<level>"``): trained once, then loaded."""
+    from cxrlab.store import get_model
+
+    return get_model(session, target, variant=f"{name}-{level:g}",
+                     train_transform=make_degradation(name, level), progress=progress)
+
+
 def train_on_degraded(session: Any, name: str, levels: Sequence[float], target: str = "race",
                       n_boot: int = 100, seed: int = 0):
     """The paper's method: train *and* test on degraded images, one model per level.
 
-    Models come from :func:`cxrlab.store.get_model` with variant ``"<name>-<level>"`` (trained
-    once, then loaded from the store). Returns the same columns as :func:`sweep_at_test_time`.
+    Models come from :func:`degraded_model` (trained once, then loaded from the store).
+    Returns the same columns as :func:`sweep_at_test_time`.
     """
     import pandas as pd
 
-    from cxrlab.store import get_model
-
     rows = []
     for level in levels:
-        tm = get_model(session, target, variant=f"{name}-{level:g}",
-                       train_transform=make_degradation(name, level))
+        tm = degraded_model(session, name, level, target)
         groups = session.manifest["patient_id"].to_numpy()[tm.test_index]
         for row in auc_rows(tm.test_targets, tm.test_proba, tm.classes, groups, n_boot, seed):
             rows.append({"degradation": name, "level": level, **row})

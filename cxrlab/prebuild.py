@@ -1,31 +1,86 @@
-"""Pre-build what the first chapters need: ``python -m cxrlab.prebuild --preset demo``.
+"""Pre-build what the chapters need: ``python -m cxrlab.prebuild --preset demo``.
 
-Binder's ``postBuild`` and instructors preparing a machine run this once. It prepares the
-synthetic cohort for the preset, builds its image cache and trains (or loads) the models the
-chapters ask for, so a learner's first run does not wait.
+Binder's ``postBuild`` and instructors preparing a machine run this once. For the synthetic
+source it generates the cohorts the chapters use, builds their image caches and trains every
+model the chapters ask the model store for at their default parameters (read from the
+``parameters`` cells in ``chapters/``), so no chapter waits for training in class. A second run
+loads everything from the store and takes seconds.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-#: Models the chapters request from the store, in the order they are first needed.
-PREBUILT_TARGETS = ("race", "no_finding", "findings")
+CHAPTERS = Path(__file__).resolve().parents[1] / "chapters"
 
 
-def prebuild(preset: str = "demo", seed: int = 0, targets: tuple[str, ...] = PREBUILT_TARGETS) -> dict[str, float]:
-    """Prepare the synthetic cohort and train/load each model in ``targets``; return seconds per step."""
+@dataclass(frozen=True)
+class PlannedModel:
+    """One model a chapter asks for: the target, the cohort's knobs and a training degradation."""
+
+    chapter: str
+    target: str
+    knobs: dict[str, Any] = field(default_factory=dict)
+    degradation: tuple[str, float] | None = None
+
+    def label(self) -> str:
+        """A short name for progress lines, e.g. ``ch04 race high_pass-50``."""
+        extra = [f"{k}={v}" for k, v in self.knobs.items()]
+        if self.degradation:
+            extra.append(f"{self.degradation[0]}-{self.degradation[1]:g}")
+        return " ".join([self.chapter, self.target, *extra])
+
+
+def chapter_parameters(stem: str, chapters: Path = CHAPTERS) -> dict[str, Any]:
+    """The literal parameters of ``chapters/<stem>.ipynb`` (empty when the file is missing)."""
+    import nbformat
+
+    from cxrlab.course import notebook_parameters
+
+    path = chapters / f"{stem}.ipynb"
+    return notebook_parameters(nbformat.read(path, as_version=4)) if path.exists() else {}
+
+
+def planned_models(chapters: Path = CHAPTERS) -> list[PlannedModel]:
+    """The models chapters 2-5 request on the synthetic source, in the order they need them."""
+    plan = [PlannedModel("ch02", "race"),
+            PlannedModel("ch03", "no_finding"),
+            PlannedModel("ch03", "race", {"group_signal": 0.0})]   # the site-shortcut cohort
+    trained_on = chapter_parameters("ch04_degradations", chapters).get("TRAIN_ON_DEGRADED", {})
+    plan += [PlannedModel("ch04", "race", degradation=(name, level))
+             for name, levels in trained_on.items() for level in levels]
+    ch05 = chapter_parameters("ch05_implications", chapters)
+    if ch05:                                                  # the knobs chapter 5 passes to setup
+        plan.append(PlannedModel("ch05", "no_finding", {
+            "underrecord_group": ch05.get("UNDERRECORD_GROUP"),
+            "underrecord_rate": ch05.get("UNDERRECORD_RATE"),
+            "finding_visibility": ch05.get("FINDING_VISIBILITY")}))
+    return plan
+
+
+def prebuild(preset: str = "demo", seed: int = 0, chapters: Path = CHAPTERS,
+             progress: bool = True) -> dict[str, float]:
+    """Prepare every cohort and model of :func:`planned_models`; return seconds per step."""
+    from cxrlab.degrade import degraded_model
     from cxrlab.session import setup
     from cxrlab.store import get_model
 
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    session = setup("synthetic", preset, seed)
-    timings["data"] = time.perf_counter() - start
-    for target in targets:
+    sessions: dict[tuple, Any] = {}
+    for job in planned_models(chapters):
         start = time.perf_counter()
-        get_model(session, target=target)
-        timings[target] = time.perf_counter() - start
+        key = tuple(sorted(job.knobs.items()))
+        if key not in sessions:
+            sessions[key] = setup("synthetic", preset, seed, progress=progress, **job.knobs)
+        session = sessions[key]
+        if job.degradation is None:
+            get_model(session, job.target, progress=progress)
+        else:
+            degraded_model(session, *job.degradation, target=job.target, progress=progress)
+        timings[job.label()] = time.perf_counter() - start
     return timings
 
 
@@ -36,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for step, seconds in prebuild(args.preset, args.seed).items():
-        print(f"{step:<12} ready in {seconds:6.1f} s")
+        print(f"{step:<40} ready in {seconds:6.1f} s")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cxrlab.checks import passed, require
+from cxrlab.models import inference_batch_size
 
 METHODS = ("gradient", "integrated_gradients", "occlusion")
 
@@ -42,8 +43,10 @@ def _images_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 IG_CHUNK = 32
 """Integrated gradients evaluates ``n_steps`` interpolated copies of each image; captum runs
-them through the model at most this many at a time (at least one batch of images), so memory does
-not grow with ``n_steps`` (all 512 copies at once cost 600 MB on the demo model)."""
+them through the model at most this many at a time (fewer for big images: the pixel budget of
+:func:`cxrlab.models.inference_batch_size`; at least one batch of images), so memory does not
+grow with ``n_steps`` (all 512 copies at once cost 600 MB on the demo model). Occlusion's
+patched copies are batched by the same budget."""
 
 
 def _targets(target: int | Sequence[int] | np.ndarray, n: int) -> torch.Tensor:
@@ -62,11 +65,11 @@ def _attribute_batch(model: nn.Module, x: torch.Tensor, target: torch.Tensor, me
     if method == "integrated_gradients":
         return IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=target,
                                                     n_steps=n_steps,
-                                                    internal_batch_size=max(len(x), IG_CHUNK))
+                                                    internal_batch_size=max(len(x), inference_batch_size(IG_CHUNK, x)))
     if method == "occlusion":
         return Occlusion(model).attribute(x, target=target, sliding_window_shapes=(1, window, window),
                                           strides=(1, stride, stride), baselines=0.0,
-                                          perturbations_per_eval=max(1, 256 // len(x)))
+                                          perturbations_per_eval=max(1, inference_batch_size(256, x) // len(x)))
     raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -85,6 +88,7 @@ def attribute(model: nn.Module, images: np.ndarray | torch.Tensor, target: int |
     """
     x_all = _images_tensor(images)
     tgt_all = _targets(target, len(x_all))
+    batch_size = inference_batch_size(batch_size, x_all)      # the pixel budget caps memory
     h = x_all.shape[-1]
     window = window or max(2, h // 8)
     stride = stride or window

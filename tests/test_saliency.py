@@ -142,3 +142,19 @@ def test_integrated_gradients_is_complete_when_run_in_chunks(trained, monkeypatc
     with torch.no_grad():
         scores = model(x).gather(1, y[:, None])[:, 0] - model(torch.zeros_like(x)).gather(1, y[:, None])[:, 0]
     np.testing.assert_allclose(maps.reshape(len(maps), -1).sum(axis=1), scores.numpy(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("method", S.METHODS)
+def test_forward_batches_follow_the_pixel_budget(trained, monkeypatch, method):
+    """Occlusion used to push 256 patched images through the model at once (1.9 GB at 128 px)."""
+    from cxrlab import models
+
+    model, x, y = trained
+    monkeypatch.setattr(models, "INFERENCE_PIXELS", 4 * x.shape[-1] * x.shape[-2])
+    sizes = []
+    hook = model.register_forward_pre_hook(lambda module, inputs: sizes.append(len(inputs[0])))
+    try:
+        maps = S.attribute(model, x, y, method, n_steps=8)
+    finally:
+        hook.remove()
+    assert maps.shape == (len(x), *x.shape[-2:]) and max(sizes) <= 4

@@ -108,9 +108,9 @@ def test_inference_batches_follow_a_pixel_budget(monkeypatch):
     """Big images are predicted in smaller batches (memory), with the same predictions."""
     from cxrlab import models
 
-    assert models.inference_batch_size(256, np.zeros((3, 64, 64))) == 256
-    assert models.inference_batch_size(256, np.zeros((3, 128, 128))) == 64
-    assert models.inference_batch_size(16, np.zeros((3, 128, 128))) == 16
+    assert models.inference_batch_size(256, np.zeros((3, 64, 64))) == 64
+    assert models.inference_batch_size(256, np.zeros((3, 128, 128))) == 16
+    assert models.inference_batch_size(8, np.zeros((3, 128, 128))) == 8
     assert models.inference_batch_size(256, np.zeros((3, 4096, 4096))) == 1
     torch.manual_seed(0)
     net = models.build_model("smallcnn", 3)
