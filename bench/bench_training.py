@@ -8,7 +8,8 @@ Two measurements (issue 5):
    is what a loader without the cache does every epoch. Target: the cache at least 2x faster at
    64 px.
 2. Training throughput (forward + backward + optimiser step, images/s, after warm-up batches)
-   of every model in :mod:`cxrlab.models` at 64, 128 and 224 px on this machine's CPU threads.
+   and prediction throughput (:func:`cxrlab.train.predict`) of every model in
+   :mod:`cxrlab.models` at 64, 128 and 224 px on this machine's CPU threads.
 
 Run: ``.venv/bin/python bench/bench_training.py`` (about 5 minutes on 2 cores). The synthetic
 images are generated into a temporary folder first and deleted afterwards.
@@ -96,6 +97,21 @@ def training_images_per_second(name: str, size: int, batch_size: int = 32, batch
     return batches * batch_size / (time.perf_counter() - start)
 
 
+def inference_images_per_second(name: str, size: int, images: int = 256) -> float:
+    """:func:`cxrlab.train.predict` throughput of ``name`` at ``size`` px (batches by the pixel
+    budget, :data:`cxrlab.models.INFERENCE_PIXELS`), after one warm-up call."""
+    from cxrlab.train import predict
+
+    torch.manual_seed(0)
+    model = build_model(name, 3)
+    model.task = "multiclass"
+    x = np.random.default_rng(0).integers(0, 256, (images, size, size), dtype=np.uint8)
+    predict(model, x[:8])
+    start = time.perf_counter()
+    predict(model, x)
+    return images / (time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: print both tables as Markdown."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -121,10 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"| {r['source']} | {r['size']} | {r['images']} | {r['cache_s']:.2f} | {r['png_s']:.2f} "
               f"| {r['speed-up']:.1f}x |")
-    print("\n| model | " + " | ".join(f"{s} px" for s in args.sizes) + " |")
-    print("|---|" + "---:|" * len(args.sizes))
+    print("\n| model | " + " | ".join(f"train {s} px" for s in args.sizes) + " | "
+          + " | ".join(f"predict {s} px" for s in args.sizes) + " |")
+    print("|---|" + "---:|" * 2 * len(args.sizes))
     for name in args.models:
         rates = [training_images_per_second(name, s, batches=2 if s >= 224 else 4) for s in args.sizes]
+        rates += [inference_images_per_second(name, s, images=64 if s >= 224 else 256)
+                  for s in args.sizes]
         print(f"| {name} | " + " | ".join(f"{r:.0f}" for r in rates) + " |", flush=True)
 
 

@@ -323,16 +323,24 @@ def keep_region(x: Array, mask: np.ndarray | torch.Tensor, fill: float = 0.0) ->
     """Keep pixels where ``mask`` is True and set the rest to ``fill``.
 
     ``mask`` is ``(H, W)`` (same for every image) or one mask per image, matching ``x``'s
-    leading axes (e.g. ``(N, H, W)`` for ``x`` of shape ``(N, 1, H, W)``).
+    leading axes (e.g. ``(N, H, W)`` for ``x`` of shape ``(N, 1, H, W)``). The result has
+    ``x``'s type and dtype (``fill`` is on the [0, 1] scale; for uint8 it becomes 0-255).
+
+    >>> keep_region(np.array([[10, 200]], np.uint8), np.array([[True, False]]), fill=1.0).tolist()
+    [[10, 255]]
     """
-    t = _as_float_tensor(x)
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    if t.dtype != torch.uint8:
+        t = _as_float_tensor(t)                   # checks the shape and the dtype
     m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).to(t.device).bool()
     if tuple(m.shape[-2:]) != tuple(t.shape[-2:]):
         raise ValueError(f"mask shape {tuple(m.shape)} does not match image shape {tuple(t.shape)}")
     if m.ndim > 2 and t.ndim == 4 and m.ndim == 3:
         m = m[:, None]
-    out = torch.where(m, t, torch.as_tensor(fill, dtype=t.dtype, device=t.device))
-    return _restore(out, x)
+    # uint8 stays uint8 (fill scaled to 0-255): no float copy of a whole test set
+    value = round(min(max(fill, 0.0), 1.0) * 255) if t.dtype == torch.uint8 else fill
+    out = torch.where(m, t, torch.as_tensor(value, dtype=t.dtype, device=t.device))
+    return out.numpy() if isinstance(x, np.ndarray) else out
 
 
 def black_out_tile(x: Array, tile: int | tuple[int, int], grid: int = GRID, fill: float = 0.0) -> Array:

@@ -26,6 +26,7 @@ def test_bench_training_measures_cache_and_throughput(tmp_path):
     assert row["images"] >= 12 and row["cache_s"] > 0 and row["png_s"] > 0
     assert row["speed-up"] == pytest.approx(row["png_s"] / row["cache_s"])
     assert bench.training_images_per_second("smallcnn", 32, batch_size=4, batches=1) > 0
+    assert bench.inference_images_per_second("smallcnn", 32, images=8) > 0
 
 
 def test_course_bench_table_has_a_total_row():
