@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrlab.checks import passed, require
+from cxrlab.train import release_unused_memory
 
 REFERENCE_SIZE = 224
 GRID = 3
@@ -589,6 +590,7 @@ def sweep_at_test_time(trained_model: Any, images: np.ndarray, y_true: np.ndarra
         proba = trained_model.predict(images, transform=make_degradation(name, level))
         for row in auc_rows(y_true, proba, classes, groups, n_boot, seed, per_class):
             rows.append({"degradation": name, "level": level, **row})
+    release_unused_memory()                       # the batches' freed heap back to the system
     return pd.DataFrame(rows)
 
 
@@ -641,6 +643,7 @@ def tile_auc_grid(trained_model: Any, images: np.ndarray, y_true: np.ndarray, cl
         r, c = divmod(tile, grid)
         rows.append({"tile": tile, "row": r, "col": c, "auc": row["auc"], "ci_low": row["ci_low"],
                      "ci_high": row["ci_high"]})
+    release_unused_memory()
     return pd.DataFrame(rows)
 
 

@@ -154,6 +154,7 @@ def _train(session, target, task, classes, train_transform, train_filter, path,
     estimate = estimate_seconds(p.model, p.image_size, len(train_rows), p.epochs, session.device)
     print(f"training {target} model ({p.model}, {len(train_rows)} images, up to {p.epochs} "
           f"epochs; about {estimate:.0f} s)")
+    release_unused_memory()                       # start the training peak from a trimmed heap
     seed_everything(session.seed)                 # same seed -> same initial weights
     model = build_model(p.model, _n_outputs(task, classes), pretrained=p.pretrained)
     train_ds = CXRDataset(session.images, targets[train_rows], transform=train_transform,
