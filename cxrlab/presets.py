@@ -3,8 +3,9 @@
 A notebook's parameters cell sets ``PRESET``; the environment variable ``CXRLAB_PRESET``
 overrides it, so CI and ``make course`` run ``demo`` whatever the notebook says.
 
-Measured on 2 CPU cores (torch 2.14.1): the small CNN trains at about 800 img/s at 64 px and
-180 img/s at 128 px; ResNet-18 at 200 and 70; see DESIGN.md.
+Measured on 2 CPU cores (torch 2.14.1, channels-last models): the small CNN trains at about
+1,300 img/s at 64 px and 290 at 128 px (about 1,000 and 210 with the course's augmentation);
+ResNet-18 at 180 and 53; see bench/README.md.
 """
 from __future__ import annotations
 

@@ -33,8 +33,9 @@ from cxrlab.train import History, fit, predict, release_unused_memory, save_chec
 
 TASK_OF_TARGET = {"race": "multiclass", "sex": "binary", "no_finding": "binary",
                   "age": "regression", "findings": "multilabel"}
-# Training images per second on 2 CPU cores at 64 px (DESIGN.md); scaled by pixel count.
-CPU_IMAGES_PER_S_64PX = {"smallcnn": 800, "resnet18": 200, "resnet34": 100, "densenet121": 40}
+# Training images per second on 2 CPU cores at 64 px, augmentation included (bench/README.md,
+# 2026-11-28, channels-last models); scaled by pixel count.
+CPU_IMAGES_PER_S_64PX = {"smallcnn": 1000, "resnet18": 170, "resnet34": 90, "densenet121": 85}
 GPU_SPEEDUP = 20
 
 
