@@ -94,12 +94,8 @@ def auc_with_ci(y_true: np.ndarray, score: np.ndarray, groups: np.ndarray | None
     Returns ``{"auc", "ci_low", "ci_high", "n"}``; everything is ``nan`` when a class is absent.
     """
     y_true = np.asarray(y_true).astype(int)
-    score = np.asarray(score, dtype=float)
-    auc = binary_auc(y_true, score)
-    lo = hi = float("nan")
-    if np.isfinite(auc) and n_boot > 0:
-        _, lo, hi, *_ = metrics.binary_auc_ci(y_true, score, groups, n_boot, seed)
-    return {"auc": auc, "ci_low": lo, "ci_high": hi, "n": int(len(y_true))}
+    ci = metrics.binary_auc_ci(y_true, np.asarray(score, dtype=float), groups, n_boot, seed)
+    return {"auc": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n": int(len(y_true))}
 
 
 def ovr_auc_table(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
@@ -402,8 +398,8 @@ def stratified_auc(y_true: np.ndarray, proba: np.ndarray, strata: Iterable[Any],
     negatives get ``nan``: an AUC needs both.
 
     >>> t = stratified_auc([1, 0, 0, 1, 1, 0], [.9, .8, .1, .2, .6, .4], list("aaabbb"), ["neg", "pos"], n_boot=0)
-    >>> t[["stratum", "auc"]].values.tolist()
-    [['a', 1.0], ['b', 0.5], ['all', 0.6666666666666666]]
+    >>> t[["stratum", "auc"]].round(4).values.tolist()
+    [['a', 1.0], ['b', 0.5], ['all', 0.6667]]
     """
     y_true = np.asarray(y_true).astype(int)
     proba = np.asarray(proba, dtype=float)
