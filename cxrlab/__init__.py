@@ -5,18 +5,26 @@ Start every notebook with::
     import cxrlab
     S = cxrlab.setup(SOURCE, PRESET, SEED)
 
-See docs/ARCHITECTURE.md for the modules and their roles.
+Three wings (docs/ARCHITECTURE.md):
+
+- :mod:`cxrlab.core`: the science every chapter stands on (session, presets, cache, datasets,
+  models, train, store, metrics, plots, results, anchors);
+- :mod:`cxrlab.toolbox`: one toolbox per chapter concern (probes, degrade, sweeps, saliency,
+  fairness, checks, widgets);
+- :mod:`cxrlab.coursetools`: running, authoring and grading the course (runner, authoring,
+  grading, prebuild, envcheck).
+
+Modules that used to live at the top (``cxrlab.metrics``, ``cxrlab.course``, ...) are still
+importable under their old names (see :mod:`cxrlab._moved`).
 """
 from __future__ import annotations
 
+from cxrlab import _moved
+
+_moved.install()
+
+from cxrlab.core.session import Session, setup  # noqa: E402 - the finder must be in place first
+
 __version__ = "0.1.0"
 
-
-def setup(*args, **kwargs):  # noqa: D401 - thin re-export, imported lazily to keep import light
-    """Prepare a course session: see :func:`cxrlab.session.setup`."""
-    from cxrlab.session import setup as _setup
-
-    return _setup(*args, **kwargs)
-
-
-__all__ = ["setup", "__version__"]
+__all__ = ["Session", "setup", "__version__"]

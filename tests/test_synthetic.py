@@ -46,16 +46,20 @@ def test_bad_knob_values_are_rejected_with_the_knob_named(bad, message):
 
 def test_unknown_knob_suggests_the_closest_name():
     with pytest.raises(ValueError, match="did you mean 'group_signal'"):
-        SyntheticConfig.for_preset("demo", group_signl=1.0)
-    with pytest.raises(ValueError, match="unknown preset"):
-        SyntheticConfig.for_preset("huge")
+        SyntheticConfig.from_dict({"group_signl": 1.0})
 
 
-def test_for_preset_takes_size_from_the_preset_and_overrides_win():
-    cfg = SyntheticConfig.for_preset("workshop", seed=4)
-    assert (cfg.image_size, cfg.n_patients, cfg.seed) == (128, 2400, 4)
-    assert SyntheticConfig.for_preset("demo", image_size=32).image_size == 32
-    assert cfg.digest() != SyntheticConfig.for_preset("workshop", seed=5).digest()
+def test_data_fetch_stands_alone_sizes_are_knobs_and_the_label_only_names_the_folder(tmp_path):
+    """data_fetch never imports cxrlab: the caller passes sizes; the label is a folder name."""
+    import subprocess
+    import sys
+    code = ("import sys, data_fetch.synthetic, data_fetch.__main__; "
+            "sys.exit(any(m.startswith('cxrlab') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    a = prepare(label="workshop", root=tmp_path, progress=False, **TINY)
+    b = prepare(label="other", root=tmp_path, progress=False, **TINY)
+    assert a.name.startswith("workshop-") and b.name.startswith("other-")
+    assert a.name.split("-", 1)[1] == b.name.split("-", 1)[1]   # same knobs, same hash
 
 
 # ------------------------------------------------------------------ schema, split, files
@@ -144,7 +148,7 @@ def test_prepare_is_idempotent_and_safe_under_concurrency(tmp_path):
 
     def worker():
         try:
-            results.append(prepare(preset="demo", progress=False, **TINY))
+            results.append(prepare(label="demo", progress=False, **TINY))
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
 
@@ -157,7 +161,7 @@ def test_prepare_is_idempotent_and_safe_under_concurrency(tmp_path):
     path = results[0]
     assert path.parent == tmp_path / "data" / "synthetic" and path.name.startswith("demo-")
     stamp = (path / "manifest.csv").stat().st_mtime_ns
-    assert prepare(preset="demo", progress=False, **TINY) == path
+    assert prepare(label="demo", progress=False, **TINY) == path
     assert (path / "manifest.csv").stat().st_mtime_ns == stamp
     leftovers = [p for p in path.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []

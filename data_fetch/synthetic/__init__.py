@@ -1,7 +1,7 @@
 """The synthetic chest X-ray cohort: the course's offline default, with known ground truth.
 
 >>> from data_fetch.synthetic import SyntheticConfig, prepare
->>> cfg = SyntheticConfig.for_preset("demo", group_signal=0.0)   # switch the group texture off
+>>> cfg = SyntheticConfig(n_patients=800, image_size=64, group_signal=0.0)   # texture off
 >>> cfg.image_size, cfg.n_patients
 (64, 800)
 

@@ -34,11 +34,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "synthetic", help="generate the synthetic chest X-ray cohort (offline, known truth)",
         description="Generate synthetic chest radiographs with a manifest and a data card. "
-                    "Without --dest the cohort goes to $CXRLAB_DATA/synthetic/<preset>-<hash> "
+                    "Without --dest the cohort goes to $CXRLAB_DATA/synthetic/<label>-<hash> "
                     "and is reused if already there.")
     p.add_argument("--dest", type=Path, help="output folder (must not exist or be empty)")
-    p.add_argument("--preset", default="demo", help="cxrlab preset giving size and patients "
-                   "(demo, workshop, full; default demo)")
+    p.add_argument("--label", default="custom", help="folder label when --dest is not given "
+                   "(sizes come from --patients and --size; to build a course preset's cohort "
+                   "run: python -m cxrlab.prebuild --preset NAME)")
     p.add_argument("--patients", type=int, help="number of patients")
     p.add_argument("--size", type=int, help="image size in pixels (>= 32)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -71,7 +72,7 @@ def _parse_value(text: str) -> Any:
 
 
 def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
-    """Build the config from parsed options (``--set`` and named options override the preset)."""
+    """Build the config from parsed options (named options win over ``--set``)."""
     overrides: dict[str, Any] = {}
     for item in args.set:
         if "=" not in item:
@@ -82,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
         value = getattr(args, option, None)
         if value is not None:
             overrides[knob] = value
-    return SyntheticConfig.for_preset(args.preset, **overrides)
+    return SyntheticConfig.from_dict(overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         folder = args.dest
     else:
-        folder = prepare(cfg, preset=args.preset, progress=progress)
+        folder = prepare(cfg, label=args.label, progress=progress)
         from data_fetch.manifest import read_manifest
         df = read_manifest(folder)
     print(f"{len(df)} images of {df['patient_id'].nunique()} patients in {folder}")

@@ -145,31 +145,33 @@ def _move_into_place(tmp: Path, dest: Path, replace: bool) -> bool:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def cohort_name(cfg: SyntheticConfig, preset: str | None) -> str:
-    """Folder name: the preset (or ``custom``) plus a short hash of the knobs and version."""
-    return f"{preset or 'custom'}-v{GENERATOR_VERSION}-{cfg.digest(8)}"
+def cohort_name(cfg: SyntheticConfig, label: str | None) -> str:
+    """Folder name: a label (e.g. the course preset, or ``custom``) plus a hash of the knobs."""
+    return f"{label or 'custom'}-v{GENERATOR_VERSION}-{cfg.digest(8)}"
 
 
-def prepare(config: SyntheticConfig | None = None, preset: str | None = "demo",
+def prepare(config: SyntheticConfig | None = None, label: str | None = None,
             root: str | Path | None = None, progress: bool = True, **overrides: Any) -> Path:
-    """Return the folder of the cohort for ``config`` (or ``preset`` + overrides), making it once.
+    """Return the folder of the cohort for ``config`` (or the knobs in ``overrides``), making it once.
 
-    The folder is ``<root or data_root()>/synthetic/<preset>-v<version>-<hash>``. If it is
+    Sizes are knobs like any other (``n_patients``, ``image_size``): the caller passes them, and
+    ``label`` only names the folder ``<root or data_root()>/synthetic/<label>-v<version>-<hash>``
+    (cxrlab passes its preset's name and sizes). If it is
     already complete it is reused; otherwise it is generated into a temporary folder and
     renamed. When two processes race, the loser discards its copy and uses the winner's.
 
     >>> import tempfile
-    >>> path = prepare(preset="demo", root=tempfile.mkdtemp(), progress=False,
+    >>> path = prepare(label="demo", root=tempfile.mkdtemp(), progress=False,
     ...                n_patients=4, image_size=32)
     >>> (path / "manifest.csv").exists()
     True
     """
     if config is None:
-        config = SyntheticConfig.for_preset(preset, **overrides)
+        config = SyntheticConfig.from_dict(overrides)
     elif overrides:
         config = config.replace(**overrides)
     base = Path(root) if root is not None else data_root()
-    dest = base / SOURCE / cohort_name(config, preset)
+    dest = base / SOURCE / cohort_name(config, label)
     if (dest / "manifest.csv").exists() and (dest / "DATA_CARD.md").exists():
         return dest
     if dest.exists() and any(dest.iterdir()) and not (dest / "manifest.csv").exists():

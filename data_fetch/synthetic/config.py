@@ -153,25 +153,6 @@ class SyntheticConfig:
         return out
 
     @classmethod
-    def for_preset(cls, preset: str | None = "demo", **overrides: Any) -> SyntheticConfig:
-        """The config for a cxrlab preset (its ``n_patients`` and ``image_size``) plus overrides.
-
-        An explicit ``preset`` name wins; ``preset=None`` follows ``$CXRLAB_PRESET``
-        (default ``demo``), like :func:`cxrlab.presets.get_preset`.
-
-        >>> SyntheticConfig.for_preset("workshop", seed=3).image_size
-        128
-        """
-        from cxrlab import presets
-
-        chosen = presets.get_preset(None) if preset is None else presets.PRESETS.get(preset)
-        if chosen is None:
-            raise ValueError(f"unknown preset {preset!r}; choose one of "
-                             f"{', '.join(presets.PRESETS)}")
-        base = {"n_patients": chosen.n_patients, "image_size": chosen.image_size}
-        return cls.from_dict({**base, **overrides})
-
-    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SyntheticConfig:
         """Build a config from a dict, rejecting unknown knobs with a suggestion."""
         check_knob_names(values)

@@ -50,7 +50,7 @@ from typing import Iterable, Iterator
 import nbformat
 from nbformat import NotebookNode
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Command-line defaults are relative to the working directory (the course checkout, as `make` runs).
 SOLUTIONS_DIR = Path("solutions")
 CHAPTERS_DIR = Path("chapters")

@@ -205,7 +205,7 @@ def run_course(notebooks: list[Path], out: Path, *, preset: str = "demo",
 
 def _default_notebook_dir() -> Path:
     here = Path.cwd() / "solutions"
-    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "solutions"
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "solutions"
 
 
 def main(argv: list[str] | None = None) -> int:

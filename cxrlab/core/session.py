@@ -156,7 +156,8 @@ def _prepare_synthetic(preset: Preset, overrides: dict[str, Any], progress: bool
     except ImportError as error:  # pragma: no cover - only while the package is incomplete
         raise RuntimeError("data_fetch.synthetic is not available in this installation; pass "
                            "data_dir= to a prepared dataset") from error
-    return Path(synthetic.prepare(preset=preset.name, progress=progress, **overrides))
+    sizes = {"n_patients": preset.n_patients, "image_size": preset.image_size}
+    return Path(synthetic.prepare(label=preset.name, progress=progress, **{**sizes, **overrides}))
 
 
 def find_prepared(source: str, dataset: str | None = None) -> Path:
