@@ -6,7 +6,7 @@ PRESET ?= demo
 BUILD ?= build
 export CXRLAB_TEST_DATA ?= $(CURDIR)/$(BUILD)/test-data
 
-.PHONY: setup course test test-unit test-notebooks chapters grade bench clean
+.PHONY: setup course test test-fast test-unit test-notebooks chapters grade bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ course:  ## run every chapter headless on the synthetic cohort; writes build/
 	$(PY) -m cxrlab.course --preset $(PRESET) --out $(BUILD)
 
 test: test-unit test-notebooks  ## unit tests, fetchers, grading, browser, then every notebook under nbval
+
+test-fast:  ## contributors' quick loop: unit tests without the slow and browser ones
+	$(PY) -m pytest tests -m "not slow and not browser" -q
 
 test-unit:
 	$(PY) -m pytest tests --doctest-modules cxrlab data_fetch
