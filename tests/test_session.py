@@ -1,7 +1,6 @@
 """Session: setup on a tiny fake prepared dataset, preset override, real-source lookup and cap."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
