@@ -78,7 +78,7 @@ class RedactQueryFilter(logging.Filter):
         return True
 
 
-for _name in ("urllib3.connectionpool", "requests", "pooch"):
+for _name in ("urllib3.connectionpool", "requests"):
     logging.getLogger(_name).addFilter(RedactQueryFilter())
 
 

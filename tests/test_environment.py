@@ -8,8 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # pip name -> conda-forge name where they differ
 CONDA_NAME = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
-# pip-only tooling that Binder does not need (the browser test drives Debian's chromium in CI)
-NOT_IN_BINDER = {"playwright"}
+# Binder's learner image gets the course's dependencies and these extras only; the test and
+# grading tools (extras `dev`, `instructor`) stay out of it.
+BINDER_EXTRAS = {"real"}
 
 
 def _name(requirement: str) -> str:
@@ -19,8 +20,9 @@ def _name(requirement: str) -> str:
 def pyproject_requirements() -> dict[str, str]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     reqs = list(data["project"]["dependencies"])
-    for extra in data["project"]["optional-dependencies"].values():
-        reqs += extra
+    for extra, extra_reqs in data["project"]["optional-dependencies"].items():
+        if extra in BINDER_EXTRAS:
+            reqs += extra_reqs
     return {_name(r): r for r in reqs}
 
 
@@ -39,7 +41,7 @@ def conda_requirements() -> dict[str, str]:
 
 
 def test_same_dependencies_in_both_files():
-    pip_names = {CONDA_NAME.get(n, n) for n in pyproject_requirements()} - NOT_IN_BINDER
+    pip_names = {CONDA_NAME.get(n, n) for n in pyproject_requirements()}
     conda_names = set(conda_requirements()) - {"python", "pip"}
     assert pip_names - conda_names == set(), "in pyproject.toml but missing from environment.yml"
     assert conda_names - pip_names == set(), "in environment.yml but missing from pyproject.toml"
@@ -48,8 +50,8 @@ def test_same_dependencies_in_both_files():
 def test_version_ranges_agree():
     conda = conda_requirements()
     for name, req in pyproject_requirements().items():
-        if name in ("torch", "torchvision") or name in NOT_IN_BINDER:
-            continue  # conda-forge's CPU build; pip pins the wheel on local disk
+        if name in ("torch", "torchvision"):
+            continue  # checked below: the same release, conda-forge's CPU build
         pip_range = req[len(name):].replace("==", "=")
         conda_range = conda[CONDA_NAME.get(name, name)][len(CONDA_NAME.get(name, name)):]
         assert pip_range == conda_range, f"{name}: pyproject {pip_range!r} vs environment.yml {conda_range!r}"
@@ -58,9 +60,19 @@ def test_version_ranges_agree():
 def test_binder_pins_python_and_cpu_torch():
     conda = conda_requirements()
     assert conda["python"] == "python=3.11"
-    assert conda["pytorch"] == "pytorch=*=cpu*"
+    pip = pyproject_requirements()
+    torch_release = pip["torch"].split("==")[1]
+    vision_release = pip["torchvision"].split("==")[1]
+    assert conda["pytorch"] == f"pytorch={torch_release}=cpu*", "the same torch release, CPU build"
+    assert conda["torchvision"] == f"torchvision={vision_release}"
     post = (ROOT / "postBuild").read_text()
     assert "--no-deps" in post, "postBuild must not let pip replace conda's CPU torch"
+
+
+def test_learner_image_has_no_test_or_grading_tools():
+    conda = conda_requirements()
+    for tool in ("pytest", "nbval", "pytest-timeout", "nbgrader", "playwright"):
+        assert tool not in conda, f"{tool} is for CI and instructors, not the Binder image"
 
 
 def test_checker_notices_drift(tmp_path, monkeypatch):
