@@ -78,7 +78,8 @@ def test_401_message_names_the_account_and_hides_the_password(tmp_path, capsys, 
     creds = Credentials("ada", "hunter2-secret", "environment")
     with LoopbackServer({"/f.bin": Route(BODY, auth=("ada", "right-one"))}) as srv:
         with pytest.raises(dl.AccessError) as err:
-            dl.download(srv.url("f.bin"), tmp_path / "f.bin", auth=creds.auth(), progress=False,
+            auth = creds.bound_to(srv.url("f.bin"), allow_http_loopback=True)
+            dl.download(srv.url("f.bin"), tmp_path / "f.bin", auth=auth, progress=False,
                         access_hint="You need a PhysioNet credentialed account.")
     text = str(err.value) + repr(creds) + str(creds) + capsys.readouterr().out + caplog.text
     assert "401" in str(err.value) and "PhysioNet" in str(err.value)
