@@ -15,6 +15,8 @@ It removes
 'login failed for ***'
 >>> redact("GET https://ada:pw@host.org/a.zip?sig=XYZ&se=1 -> 403")
 'GET https://host.org/a.zip?<redacted> -> 403'
+>>> redact('"GET /a.zip?sig=XYZ HTTP/1.1" 200')
+'"GET /a.zip?<redacted> HTTP/1.1" 200'
 >>> redact("Authorization: Basic YWRhOnB3")
 'Authorization: ***'
 """
@@ -31,6 +33,7 @@ _secrets: set[str] = set()
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@'\"]+@")
 _QUERY = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?'\"]*)\?[^\s\"'<>]*")
+_PATH_QUERY = re.compile(r"(?P<head>(?:^|[\s\"'(])/[^\s?\"']*)\?[^\s\"'<>]*")
 _HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n,}]+")
 _SCHEME_TOKEN = re.compile(r"\b(?:Basic|Bearer|Token)\s+(?=[A-Za-z0-9+/=._~-]*[0-9=+/])"
                            r"[A-Za-z0-9+/=._~-]{8,}")
@@ -59,6 +62,7 @@ def redact(text: object, *secrets: str | None) -> str:
         out = out.replace(secret, MASK)
     out = _USERINFO.sub(r"\g<scheme>", out)
     out = _QUERY.sub(r"\g<head>?<redacted>", out)
+    out = _PATH_QUERY.sub(r"\g<head>?<redacted>", out)
     out = _HEADER.sub(rf"\g<1>{MASK}", out)
     out = _SCHEME_TOKEN.sub(MASK, out)
     return _PAIR.sub(lambda m: f"{m.group(1)}={MASK}", out)
