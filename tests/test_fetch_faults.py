@@ -200,3 +200,15 @@ def test_unexpected_errors_are_one_line_too(capsys, monkeypatch):
     assert main(["nih"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unexpected KeyError") and "SECRETSIG" not in err
+
+
+def test_interrupted_stream_says_the_archive_is_read_again(capsys, monkeypatch):
+    from data_fetch.sources import nih
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(nih, "stream_archive", interrupted)
+    with LoopbackServer(mirror_routes()) as srv:
+        assert main(["nih", "--mirror", srv.base, "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "streams the archive again from its start" in err and "interrupted" in err

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from data_fetch import download as dl
+from data_fetch import download
 from data_fetch.__main__ import main
 from data_fetch.manifest import read_manifest
 from data_fetch.sources import mimic
@@ -162,5 +162,5 @@ def test_dry_run_needs_no_credentials(tmp_path, capsys, monkeypatch):
 
 def test_access_error_type(server, tmp_path):
     remote = mimic.Remote(server.url("cxr"), auth=None)
-    with pytest.raises(dl.AccessError):
+    with pytest.raises(download.AccessError):
         remote.table(mimic.TABLES["metadata"])

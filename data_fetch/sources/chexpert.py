@@ -56,6 +56,8 @@ ACCESS_HINT = ("CheXpert needs a (free) Stanford AIMI registration and its resea
 LABELS = CHEXPERT_LABELS
 IMAGE_KEY = re.compile(r"(train|valid|test)/(patient\d+)/(study\d+)/(view\d+_\w+)\.jpg$")
 TYPICAL_JPEG_BYTES = 60_000
+#: Largest label table or demographics file read (train.csv of the full set is about 25 MB).
+MAX_TABLE_BYTES = 500_000_000
 
 
 class Container:
@@ -73,19 +75,19 @@ class Container:
         low = suffix.lower()
         return next((n for n in self.names if n.lower().endswith(low)), None)
 
-    def read(self, name: str) -> bytes:
-        """Bytes of member ``name`` (CRC-32 checked in a zip; over the size cap: not read)."""
+    def read(self, name: str, cap: int = MAX_TABLE_BYTES) -> bytes:
+        """Bytes of member ``name``: CRC-32 checked in a zip, never more than ``cap`` read."""
         if self.zip:
-            check_member_size(self.zip.getinfo(name).file_size, name)
+            check_member_size(self.zip.getinfo(name).file_size, name, cap)
             try:
                 with self.zip.open(name) as member:
-                    data = member.read(MAX_MEMBER_BYTES + 1)
+                    data = member.read(cap + 1)   # the declared size may lie: read at most this
             except (zipfile.BadZipFile, zlib.error, EOFError) as err:
                 raise CorruptImageError(f"{name}: damaged in the zip ({err})") from None
-            check_member_size(len(data), name)
+            check_member_size(len(data), name, cap)
             return data
         path = self.location / name
-        check_member_size(path.stat().st_size, name)
+        check_member_size(path.stat().st_size, name, cap)
         return path.read_bytes()
 
     def images(self) -> dict[str, str]:
@@ -269,7 +271,7 @@ def _load_demo(demo: str | Path | None, box: Container, location: Path,
 
 def render_image(box: Container, member: str, key: str, out: Path, size: int) -> None:
     """Read one JPEG from the copy and store it as a PNG (the per-image step)."""
-    store_image(box.read(member), key, out, size)
+    store_image(box.read(member, cap=MAX_MEMBER_BYTES), key, out, size)
 
 
 def _convert(rows: pd.DataFrame, members: dict[str, str], box: Container, dest: Path,

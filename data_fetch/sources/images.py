@@ -64,11 +64,15 @@ def square_resize(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
-def check_member_size(n_bytes: int, name: str) -> None:
-    """Raise :class:`CorruptImageError` when a file of ``n_bytes`` is over the cap."""
-    if n_bytes > MAX_MEMBER_BYTES:
-        raise CorruptImageError(f"{name}: {n_bytes / 1e6:.0f} MB, over the "
-                                f"{MAX_MEMBER_BYTES / 1e6:.0f} MB cap for one image (not read)")
+def check_member_size(n_bytes: int, name: str, cap: int | None = None) -> None:
+    """Raise :class:`CorruptImageError` when a file of ``n_bytes`` is over ``cap``.
+
+    ``cap`` defaults to :data:`MAX_MEMBER_BYTES`, the cap for one image.
+    """
+    cap = MAX_MEMBER_BYTES if cap is None else cap
+    if n_bytes > cap:
+        raise CorruptImageError(f"{name}: {n_bytes:,} bytes, over the {cap:,}-byte cap "
+                                "for this file (not read)")
 
 
 def decode_image(data: bytes, name: str) -> Image.Image:
