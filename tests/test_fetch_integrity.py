@@ -231,3 +231,43 @@ def test_kept_archive_resumes_after_a_failed_run(tmp_path):
     assert ranges[-1] and ranges[-1].startswith("bytes=")
     assert len(read_manifest(out)) == len(IMAGES)
     assert CORRUPT not in set(read_manifest(out)["path"])
+
+
+@pytest.mark.slow
+def test_zero_filled_bomb_is_skipped_with_bounded_memory(tmp_path, no_published_md5):
+    import tracemalloc
+    bomb_size = images.MAX_MEMBER_BYTES + 16 * 1024 * 1024          # 80 MB of zeros
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for name, data in MEMBERS[:2]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("images/00000009_000.png")
+        info.size = bomb_size
+        tar.addfile(info, _Zeros(bomb_size))
+    with LoopbackServer(serve(buf.getvalue())) as srv:
+        tracemalloc.start()
+        try:
+            out = fetch(srv, tmp_path / "nih")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 24 * 1024 * 1024, f"peak {peak / 1e6:.0f} MB"    # never the 80 MB member
+    assert len(read_manifest(out)) == 2
+
+
+class _Zeros(io.RawIOBase):
+    """A readable stream of ``n`` zero bytes that never holds them all."""
+
+    def __init__(self, n: int):
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
