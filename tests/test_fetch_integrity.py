@@ -271,3 +271,17 @@ class _Zeros(io.RawIOBase):
         b[:k] = bytes(k)
         self.left -= k
         return k
+
+
+def test_damaged_kept_archive_is_deleted_then_downloaded_again(tmp_path, no_published_md5):
+    blob = gzip.compress(tar_bytes(MEMBERS)[0])
+    kept = tmp_path / "nih" / "archives" / "images_001.tar.gz"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(blob[:len(blob) // 2])        # an older run's cut copy, final name
+    with LoopbackServer(serve(blob)) as srv:
+        with pytest.raises(ArchiveError, match="deleted; run again"):
+            fetch(srv, tmp_path / "nih", keep_archive=True)
+        assert not kept.exists()
+        out = fetch(srv, tmp_path / "nih", keep_archive=True)
+    assert kept.read_bytes() == blob
+    assert len(read_manifest(out, check_files=True)) == len(IMAGES)

@@ -19,7 +19,8 @@ from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, check_count,
 log = logging.getLogger("data_fetch")
 
 
-def _argument(check: Callable[[Any], Any], parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
+def checked_type(check: Callable[[Any], Any],
+                 parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
     """An argparse ``type`` that parses a string and runs one of the ``check_*`` functions."""
     def convert(text: str) -> Any:
         try:
@@ -36,10 +37,10 @@ def _argument(check: Callable[[Any], Any], parse: Callable[[str], Any] = int) ->
     return convert
 
 
-size_arg = _argument(check_size)
-count_arg = _argument(check_count)
-seed_arg = _argument(check_seed)
-fraction_arg = _argument(lambda v: check_fraction(v, "it"), float)
+size_arg = checked_type(check_size)
+count_arg = checked_type(check_count)
+seed_arg = checked_type(check_seed)
+fraction_arg = checked_type(lambda v: check_fraction(v, "it"), float)
 
 
 def add_common_args(parser: argparse.ArgumentParser, mirror_help: str) -> None:

@@ -36,8 +36,8 @@ from data_fetch.credentials import Credentials, HostBoundAuth, check_transport, 
 from data_fetch.download import (AccessError, DownloadError, check_free_space, check_url,
                                  human_bytes, is_url, join_url, make_session, read_location,
                                  redact_url)
-from data_fetch.sources.cli import (add_common_args, add_http_loopback_arg, env_default,
-                                    resolve_dest, run_fetch)
+from data_fetch.sources.cli import (add_common_args, add_http_loopback_arg, count_arg,
+                                    env_default, resolve_dest, run_fetch)
 from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, FailureBudget, check_common,
                                         check_count, claim_folder, finalize, whole_patient_subset)
 from data_fetch.sources.images import MAX_MEMBER_BYTES, CorruptImageError, estimate_disk, store_image
@@ -306,7 +306,6 @@ def _fetch_images(chosen: pd.DataFrame, cxr: Remote, dest: Path, size: int, prog
 # ----------------------------------------------------------------------------- CLI
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``python -m data_fetch mimic``."""
-    from data_fetch.sources.cli import count_arg
     p = subparsers.add_parser(NAME, help=f"{TITLE}: {ACCESS}", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, f"base URL of MIMIC-CXR-JPG (default {CXR_BASE})")

@@ -43,7 +43,7 @@ from data_fetch.download import (ChecksumError, DownloadError, RemoteStream, che
 from data_fetch.download import download as download_file
 from data_fetch.paths import atomic_write_bytes, atomic_write_text
 from data_fetch.sources.archives import ArchiveError, ArchiveTruncatedError, TarWalk
-from data_fetch.sources.cli import (_argument, add_common_args, fraction_arg, resolve_dest,
+from data_fetch.sources.cli import (checked_type, add_common_args, fraction_arg, resolve_dest,
                                     run_fetch)
 from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, carve_val, check_common,
                                         check_fraction, claim_folder, finalize, log,
@@ -564,7 +564,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(NAME, help=f"{TITLE}: {ACCESS}", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, "base URL holding images_NNN.tar.gz, the Data_Entry csv and list files")
-    p.add_argument("--archives", default=[1], type=_argument(parse_archives, str),
+    p.add_argument("--archives", default=[1], type=checked_type(parse_archives, str),
                    help="archive numbers 1-12, e.g. '1' or '1,2' or '1-3' (default: 1, 2 GB)")
     p.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz files")
     p.add_argument("--data-entry", default=None, help=f"path or URL of {DATA_ENTRY}(.gz)")
