@@ -36,7 +36,7 @@ import requests
 import urllib3
 from tqdm.auto import tqdm
 
-from data_fetch.redaction import install_log_filters, register_secret
+from data_fetch.redaction import install_log_filters, redact, register_secret
 
 log = logging.getLogger(__name__)
 #: Statuses that mean "try again later" (rate limits, overloaded or restarting servers).
@@ -80,12 +80,16 @@ class TooLargeError(DownloadError):
 
 def redact_url(url: str) -> str:
     """Return ``url`` without user info and with any query string (signatures, tokens) hidden."""
-    parts = urlsplit(str(url))
+    try:
+        parts = urlsplit(str(url))
+        port = parts.port
+    except ValueError:  # a malformed address: hide its secrets the generic way
+        return redact(str(url))
     if not parts.scheme:
-        return str(url)
+        return redact(str(url))
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if port:
+        host = f"{host}:{port}"
     query = "<redacted>" if parts.query else ""
     return urlunsplit((parts.scheme, host, parts.path, query, ""))
 
@@ -166,6 +170,8 @@ def make_session() -> requests.Session:
     """A :class:`FetchSession` with this project's User-Agent (one connection reused)."""
     session = FetchSession()
     session.headers["User-Agent"] = USER_AGENT
+    # bytes as stored: Content-Length, Range offsets and checksums then all count the same bytes
+    session.headers["Accept-Encoding"] = "identity"
     return session
 
 
@@ -305,6 +311,8 @@ class RemoteStream(io.RawIOBase):
                     "page, or an expired link). Open the address in a browser to see why.")
 
     def _learn_total(self, resp: requests.Response) -> None:
+        if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+            return  # the declared length counts encoded bytes, not the ones we read
         content_range = resp.headers.get("Content-Range", "")
         if "/" in content_range and not content_range.endswith("/*"):
             self.total = int(content_range.rsplit("/", 1)[1])

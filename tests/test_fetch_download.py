@@ -137,3 +137,18 @@ def test_credentials_from_env_netrc_and_missing(tmp_path, monkeypatch):
     with pytest.raises(CredentialsError, match="Get an account"):
         get_credentials("other.org", user_env="X_USER", password_env="X_PASS",
                         account_hint="Get an account.", interactive=False, netrc_file=netrc_file)
+
+
+def test_requests_ask_for_the_bytes_as_stored(tmp_path):
+    with LoopbackServer({"/f.bin": Route(BODY)}) as srv:
+        download.download(srv.url("f.bin"), tmp_path / "f.bin", progress=False)
+        assert srv.seen[0].headers["Accept-Encoding"] == "identity"  # Content-Length = bytes read
+
+
+def test_malformed_urls_fail_before_any_request_without_their_query():
+    for url in ("http://127.0.0.1:99999/x?sig=S3CR3T", "ftp://h.org/x?sig=S3CR3T",
+                "https:///x?sig=S3CR3T", "http://[::1/x?sig=S3CR3T"):
+        with pytest.raises(ValueError) as err:
+            download.check_url(url)
+        assert "S3CR3T" not in str(err.value)
+        assert "not a valid URL" in str(err.value) or "http(s)://" in str(err.value)
