@@ -212,3 +212,25 @@ def test_interrupted_stream_says_the_archive_is_read_again(capsys, monkeypatch):
         assert main(["nih", "--mirror", srv.base, "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "streams the archive again from its start" in err and "interrupted" in err
+
+
+def test_truncated_mimic_table_is_one_line(tmp_path, mimic_files, capsys):
+    key = "cxr/" + mimic.TABLES["metadata"]
+    mimic_files[key] = mimic_files[key][:30]
+    routes = {f"/{k}": Route(v, auth=(USER, PASSWORD)) for k, v in mimic_files.items()}
+    with LoopbackServer(routes) as srv:
+        assert run_mimic(srv, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and mimic.TABLES["metadata"] in err and "incomplete" in err
+
+
+def test_broken_demographics_file_is_one_line(tmp_path, capsys):
+    from tests.test_fetch_chexpert import make_zip
+    local = tmp_path / "CheXpert-v1.0-small.zip"
+    local.write_bytes(make_zip())
+    demo = tmp_path / "CHEXPERT DEMO.xlsx"
+    demo.write_bytes(b"PK\x03\x04 truncated")
+    assert main(["chexpert", "--local", str(local), "--demo", str(demo),
+                 "--dest", str(tmp_path / "cx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "CHEXPERT DEMO.xlsx cannot be read" in err

@@ -40,7 +40,8 @@ from data_fetch.download import download as download_file
 from data_fetch.sources.cli import (add_common_args, add_http_loopback_arg, env_default,
                                     resolve_dest, run_fetch)
 from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, check_common, claim_folder,
-                                        finalize, log, split_patients, whole_patient_subset)
+                                        finalize, log, read_table, split_patients,
+                                        whole_patient_subset)
 from data_fetch.sources.images import (MAX_MEMBER_BYTES, CorruptImageError, check_member_size,
                                        estimate_disk, store_image)
 from data_fetch.sources.labels import (CHEXPERT_LABELS, chexpert_label, finding_column,
@@ -131,8 +132,14 @@ def chexpert_race(primary: Any, ethnicity: Any) -> Any:
 
 def read_demo(data: bytes) -> pd.DataFrame:
     """``CHEXPERT DEMO.xlsx`` (or a csv copy) indexed by ``PATIENT``."""
-    table = pd.read_excel(io.BytesIO(data), engine="openpyxl") if data[:2] == b"PK" \
-        else pd.read_csv(io.BytesIO(data))
+    if data[:2] == b"PK":
+        try:
+            table = pd.read_excel(io.BytesIO(data), engine="openpyxl")
+        except (zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{DEMO_FILE} cannot be read ({type(err).__name__}); download it "
+                             "again from the CheXpert page") from None
+    else:
+        table = read_table(data, DEMO_FILE)
     need = {"PATIENT", "PRIMARY_RACE"} - set(table.columns)
     if need:
         raise ValueError(f"{DEMO_FILE} lacks column(s) {sorted(need)}; has {list(table.columns)}")

@@ -8,8 +8,11 @@ does not hold. :func:`finalize` checks every image once more before the manifest
 """
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import logging
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -129,6 +132,17 @@ def claim_folder(dest: Path, source: str, size: int) -> None:
 
 
 # ----------------------------------------------------------------------------- rows
+def read_table(data: bytes, what: str) -> pd.DataFrame:
+    """A csv or csv.gz table from bytes; :class:`DownloadError` naming ``what`` if unreadable."""
+    try:
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        return pd.read_csv(io.BytesIO(data))
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError) as err:
+        raise DownloadError(f"{what} is incomplete or not a csv ({type(err).__name__}); "
+                            "fetch it again") from None
+
+
 def empty_columns() -> dict[str, Any]:
     """Schema columns a source may not know, as explicit missing values."""
     return {"race": pd.NA, "ethnicity": pd.NA, "bmi": np.nan, "age": np.nan, "sex": pd.NA,

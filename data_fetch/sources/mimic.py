@@ -22,8 +22,6 @@ admissions are dropped. Age at the study = ``anchor_age + (study year - anchor_y
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +37,8 @@ from data_fetch.download import (AccessError, DownloadError, check_free_space, c
 from data_fetch.sources.cli import (add_common_args, add_http_loopback_arg, count_arg,
                                     env_default, resolve_dest, run_fetch)
 from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, FailureBudget, check_common,
-                                        check_count, claim_folder, finalize, whole_patient_subset)
+                                        check_count, claim_folder, finalize, read_table,
+                                        whole_patient_subset)
 from data_fetch.sources.images import MAX_MEMBER_BYTES, CorruptImageError, estimate_disk, store_image
 from data_fetch.sources.labels import (CHEXPERT_LABELS, chexpert_label, finding_column,
                                        is_hispanic, map_sex, race_class)
@@ -130,7 +129,7 @@ class Remote:
                     raise
                 last = err
                 continue
-            return pd.read_csv(io.BytesIO(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data))
+            return read_table(data, f"{rel} under {redact_url(self.base)}")
         raise FileNotFoundError(f"none of {', '.join(candidates)} found under "
                                 f"{redact_url(self.base)} ({last})")
 

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import json
 import sys
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,7 @@ from data_fetch.sources.cli import (checked_type, add_common_args, fraction_arg,
                                     run_fetch)
 from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, carve_val, check_common,
                                         check_fraction, claim_folder, finalize, log,
-                                        split_patients)
+                                        read_table, split_patients)
 from data_fetch.sources.images import (MAX_MEMBER_BYTES, CorruptImageError, estimate_disk,
                                        store_image)
 from data_fetch.sources.labels import finding_column, map_sex
@@ -107,13 +105,7 @@ def archive_url(number: int, mirror: str | None = None) -> str:
 # ----------------------------------------------------------------------------- metadata
 def _read_table(data: bytes, origin: str) -> pd.DataFrame:
     """The Data_Entry table from csv or csv.gz bytes; :class:`DownloadError` if unreadable."""
-    try:
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        return pd.read_csv(io.BytesIO(data))
-    except (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError) as err:
-        raise DownloadError(f"{DATA_ENTRY} from {origin} is incomplete or not a csv "
-                            f"({type(err).__name__}); fetch it again") from None
+    return read_table(data, f"{DATA_ENTRY} from {origin}")
 
 
 def _bundled_data_entry() -> bytes | None:
