@@ -7,15 +7,23 @@ prepared; ``python -m data_fetch SOURCE --help`` the options of one source.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+import tarfile
+import traceback
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_fetch import download as dl
+import requests
+
 from data_fetch.credentials import CredentialsError
+from data_fetch.download import DownloadError
 from data_fetch.manifest import CARD_FILE, MANIFEST_FILE, ManifestError, read_card
 from data_fetch.paths import data_root
+from data_fetch.redaction import install_log_filters, redact
 from data_fetch.sources import SOURCES
 
 SYNTHETIC_ACCESS = "offline, generated on this machine (no download)"
@@ -84,24 +92,72 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Error types that end a run with one line (their messages are written for users).
+USER_ERRORS = (DownloadError, CredentialsError, ManifestError, ValueError, RuntimeError)
+INTERRUPTED = ("interrupted: finished images are kept; run the same command again to continue "
+               "(see the note above, if any, for what a re-run reads again)")
+
+
+def _os_error_hint(err: OSError) -> str:
+    """What to do about a file-system error."""
+    if isinstance(err, NotADirectoryError) or err.errno == errno.ENOTDIR:
+        return "a path that must be a folder is a file: check --dest and $CXRLAB_DATA"
+    if isinstance(err, FileNotFoundError):
+        return "check the path"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full: free some space or choose another --dest, then run again"
+    if isinstance(err, PermissionError) or err.errno == errno.EROFS:
+        return "that folder cannot be written: choose a writable --dest or set $CXRLAB_DATA"
+    return "check the disk and the paths given, then run again"
+
+
+def describe_error(err: BaseException) -> str | None:
+    """The ``error: ...`` line (with what to do) for a failure, or None when unexpected."""
+    if isinstance(err, (tarfile.TarError, zlib.error, EOFError)):
+        return (f"{type(err).__name__}: {err}. The archive is damaged or incomplete: run again "
+                "to download it afresh (delete a kept archive under <dest>/archives first)")
+    if isinstance(err, zipfile.BadZipFile):
+        return f"{err}. The zip is damaged or incomplete: download it again"
+    if isinstance(err, requests.exceptions.RequestException):
+        return (f"{type(err).__name__}: {err}. Check the address (scheme, host, port) and "
+                "your network")
+    if isinstance(err, USER_ERRORS):
+        return str(err)
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{err.strerror or err}{where}: {_os_error_hint(err)}"
+    return None
+
+
+def _run(runner, args: argparse.Namespace) -> int:
+    """Call a subcommand; every failure becomes one redacted ``error:`` line and status 2."""
+    try:
+        return int(runner(args) or 0)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place that turns failures into a line
+        line = describe_error(err)
+        if line is None:
+            line = (f"unexpected {type(err).__name__}: {err}. Nothing was committed; run with -v "
+                    "for details and report it if it persists")
+        if args.verbose:
+            print(redact("".join(traceback.format_exception(err))), file=sys.stderr)
+        print(f"error: {redact(line)}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m data_fetch`` and ``cxr-fetch``; returns an exit status."""
     parser, runners = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    install_log_filters(*logging.getLogger().handlers)
     if not args.command:
         parser.print_help()
         return 0
-    try:
-        return int(runners[args.command](args) or 0)
-    except (dl.DownloadError, CredentialsError, ManifestError, FileNotFoundError,
-            ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+    return _run(runners[args.command], args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@
   checksum, and only then renames to ``dest``: a file with the final name is always complete.
 * Servers that answer with an HTML page instead of data (Box, expired signed URLs, login walls)
   are detected from the first bytes; 401/403/404 give a message that says what to do.
+* 429 and 5xx answers are retried with exponential backoff, honouring ``Retry-After``; a body
+  shorter than its declared ``Content-Length`` is resumed, and one that stays short is an error.
+* :func:`make_session` gives a session that never reads ``~/.netrc`` on its own (requests
+  would otherwise send netrc passwords to any host listed there, open sources included);
+  credentials travel only through :class:`data_fetch.credentials.HostBoundAuth`.
 
 We never rely on ``HEAD``: Box answers it with a false 404 while ``GET`` works.
 
@@ -16,13 +21,13 @@ We never rely on ``HEAD``: Box answers it with a false 404 while ``GET`` works.
 """
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import io
 import logging
-import re
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,7 +36,14 @@ import requests
 import urllib3
 from tqdm.auto import tqdm
 
+from data_fetch.redaction import install_log_filters, redact, register_secret
+
 log = logging.getLogger(__name__)
+#: Statuses that mean "try again later" (rate limits, overloaded or restarting servers).
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+#: The longest ``Retry-After`` we wait for; a server asking for more ends the run.
+MAX_RETRY_AFTER = 300.0
+_sleep = time.sleep  # tests replace this to check the waits without waiting
 
 CHUNK = 1 << 16
 USER_AGENT = "cxr-race-course-data-fetch/0.1 (+https://github.com/)"
@@ -54,32 +66,35 @@ class HTMLPageError(DownloadError):
     """The server sent an HTML page where data was expected (a login wall, an error page)."""
 
 
+class RetryableStatusError(DownloadError):
+    """HTTP 429 or 5xx: the server may answer later (``retry_after`` seconds, if it said)."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+class TooLargeError(DownloadError):
+    """A file is larger than the cap set for it (a decompression bomb or a wrong file)."""
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` without user info and with any query string (signatures, tokens) hidden."""
-    parts = urlsplit(str(url))
+    try:
+        parts = urlsplit(str(url))
+        port = parts.port
+    except ValueError:  # a malformed address: hide its secrets the generic way
+        return redact(str(url))
     if not parts.scheme:
-        return str(url)
+        return redact(str(url))
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if port:
+        host = f"{host}:{port}"
     query = "<redacted>" if parts.query else ""
     return urlunsplit((parts.scheme, host, parts.path, query, ""))
 
 
-class RedactQueryFilter(logging.Filter):
-    """Hide query strings (signed-URL signatures, tokens) in log records of HTTP libraries."""
-
-    PATTERN = re.compile(r"\?[^\s\"']+")
-
-    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
-        message = record.getMessage()
-        if "?" in message:
-            record.msg, record.args = self.PATTERN.sub("?<redacted>", message), ()
-        return True
-
-
-for _name in ("urllib3.connectionpool", "requests"):
-    logging.getLogger(_name).addFilter(RedactQueryFilter())
+install_log_filters()
 
 
 def is_url(location: str | Path) -> bool:
@@ -106,21 +121,84 @@ def looks_like_html(first_bytes: bytes, content_type: str | None = None) -> bool
     return head.startswith(HTML_MARKERS)
 
 
+def check_url(url: str) -> str:
+    """``url`` if it is a well-formed http(s) address; else :class:`ValueError` (redacted).
+
+    Run before any network so a typo in a signed URL never reaches requests, whose errors
+    quote the whole address.
+    """
+    try:
+        parts = urlsplit(str(url))
+        port = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(f"{redact_url(url)} is not a valid URL (bad port or brackets)") from None
+    if parts.query:
+        register_secret(parts.query)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{redact_url(url)} is not an http(s):// URL with a host name")
+    if port == 0:
+        raise ValueError(f"{redact_url(url)} has port 0")
+    return str(url)
+
+
+class FetchSession(requests.Session):
+    """A session that never adds ``~/.netrc`` credentials by itself.
+
+    requests reads ``~/.netrc`` whenever a request has no ``auth`` (and again on every
+    redirect) as long as ``trust_env`` is on. We keep ``trust_env`` for what users expect from
+    it (proxy variables, ``no_proxy``, CA bundles) and switch off only the netrc lookup; the
+    restricted sources pass a :class:`~data_fetch.credentials.HostBoundAuth` explicitly.
+    """
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:  # noqa: D102
+        trust, self.trust_env = self.trust_env, False  # only prepare_request's netrc lookup
+        try:
+            return super().prepare_request(request)
+        finally:
+            self.trust_env = trust
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest,
+                     response: requests.Response) -> None:
+        """On a redirect: drop ``Authorization`` when the origin changes; never add netrc."""
+        headers = prepared_request.headers
+        if "Authorization" in headers and self.should_strip_auth(response.request.url,
+                                                                 prepared_request.url):
+            del headers["Authorization"]
+
+
 def make_session() -> requests.Session:
-    """A :class:`requests.Session` with this project's User-Agent (one connection reused)."""
-    session = requests.Session()
+    """A :class:`FetchSession` with this project's User-Agent (one connection reused)."""
+    session = FetchSession()
     session.headers["User-Agent"] = USER_AGENT
+    # bytes as stored: Content-Length, Range offsets and checksums then all count the same bytes
+    session.headers["Accept-Encoding"] = "identity"
     return session
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _status_error(resp: requests.Response, url: str, access_hint: str | None) -> DownloadError:
     code, where = resp.status_code, redact_url(url)
     if code in (401, 403):
-        hint = access_hint or "check that you are logged in and allowed to download this file"
+        hint = access_hint or "the server refused this file; check the address"
         return AccessError(f"HTTP {code} ({resp.reason}) for {where}: access refused. {hint}")
     if code == 404:
         return DownloadError(f"HTTP 404 (not found) for {where}: the link is dead or has expired; "
                              "check the address or use --mirror to point at another copy")
+    if code in RETRY_STATUSES:
+        return RetryableStatusError(f"HTTP {code} ({resp.reason}) for {where}", code,
+                                    _retry_after(resp))
     return DownloadError(f"HTTP {code} ({resp.reason}) for {where}")
 
 
@@ -131,6 +209,7 @@ _TRANSIENT = (
     urllib3.exceptions.HTTPError,
     ConnectionError,
     TimeoutError,
+    RetryableStatusError,
 )
 
 
@@ -139,7 +218,9 @@ class RemoteStream(io.RawIOBase):
 
     ``start`` skips that many bytes (resuming a ``.part`` file). ``tee`` appends every byte
     read to a file. ``digests()`` gives the MD5/SHA-256 of the bytes read from ``start`` on
-    (pass ``hashers`` pre-fed with earlier bytes to cover a whole file).
+    (pass ``hashers`` pre-fed with earlier bytes to cover a whole file). ``max_bytes`` caps
+    the file's size (:class:`TooLargeError`). ``resume_hint`` ends the message given when the
+    connection keeps failing: it must say truthfully what a re-run does.
 
     >>> # with RemoteStream(url) as s: tarfile.open(fileobj=s, mode="r|gz")
     """
@@ -148,9 +229,11 @@ class RemoteStream(io.RawIOBase):
                  start: int = 0, tee: Path | None = None, hashers: dict | None = None,
                  retries: int = 5, backoff: float = 1.0, timeout: float = 60.0,
                  progress: tqdm | None = None, access_hint: str | None = None,
-                 check_html: bool = True):
+                 check_html: bool = True, max_bytes: int | None = None,
+                 resume_hint: str = "Run the same command again to try again."):
         super().__init__()
-        self.url, self.auth, self.pos = url, auth, start
+        self.url, self.auth, self.pos = check_url(url), auth, start
+        self.max_bytes, self.resume_hint = max_bytes, resume_hint
         self.session = session or make_session()
         self.retries, self.backoff, self.timeout = retries, backoff, timeout
         self.progress, self.access_hint, self.check_html = progress, access_hint, check_html
@@ -192,6 +275,12 @@ class RemoteStream(io.RawIOBase):
             n += len(chunk)
         return n
 
+    def check_complete(self) -> None:
+        """Raise :class:`DownloadError` unless the bytes read match the declared length."""
+        if self.total is not None and self.pos != self.total:
+            raise DownloadError(f"{redact_url(self.url)}: got {self.pos} bytes, the server "
+                                f"declared {self.total} (Content-Length). {self.resume_hint}")
+
     # -- internals ----------------------------------------------------------------------
     def _connect(self) -> None:
         headers = {"Range": f"bytes={self.pos}-"} if self.pos else {}
@@ -206,6 +295,11 @@ class RemoteStream(io.RawIOBase):
             raise _status_error(resp, self.url, self.access_hint)
         self._resp = resp
         self._learn_total(resp)
+        if self.max_bytes is not None and self.total is not None and self.total > self.max_bytes:
+            resp.close()
+            self._resp = None
+            raise TooLargeError(f"{redact_url(self.url)} is {human_bytes(self.total)}, over the "
+                                f"{human_bytes(self.max_bytes)} allowed for this file")
         if resp.status_code == 200 and self.pos:
             self._skip_ignored_range(resp)
         if self.check_html:
@@ -217,6 +311,8 @@ class RemoteStream(io.RawIOBase):
                     "page, or an expired link). Open the address in a browser to see why.")
 
     def _learn_total(self, resp: requests.Response) -> None:
+        if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+            return  # the declared length counts encoded bytes, not the ones we read
         content_range = resp.headers.get("Content-Range", "")
         if "/" in content_range and not content_range.endswith("/*"):
             self.total = int(content_range.rsplit("/", 1)[1])
@@ -265,6 +361,9 @@ class RemoteStream(io.RawIOBase):
 
     def _account(self, data: bytes) -> None:
         self.pos += len(data)
+        if self.max_bytes is not None and self.pos > self.max_bytes:
+            raise TooLargeError(f"{redact_url(self.url)} is over the "
+                                f"{human_bytes(self.max_bytes)} allowed for this file")
         for h in self.hashers.values():
             h.update(data)
         if self._tee is not None:
@@ -278,14 +377,22 @@ class RemoteStream(io.RawIOBase):
             self._resp = None
         self._buffer = b""
         failures += 1
+        what = str(err) if isinstance(err, RetryableStatusError) else type(err).__name__
         if failures > self.retries:
             raise DownloadError(f"download of {redact_url(self.url)} kept failing after "
-                                f"{self.retries} retries at byte {self.pos}: {type(err).__name__}. "
-                                "Run the same command again to resume.") from None
+                                f"{self.retries} retries at byte {self.pos}: {what}. "
+                                f"{self.resume_hint}") from None
+        wait = min(self.backoff * 2 ** (failures - 1), 30.0)
+        asked = getattr(err, "retry_after", None)
+        if asked is not None:
+            if asked > MAX_RETRY_AFTER:
+                raise DownloadError(f"{what}: the server asks to wait {asked:.0f} s before "
+                                    f"trying again. {self.resume_hint}") from None
+            wait = max(wait, asked)
         self.reconnects += 1
-        log.warning("connection to %s dropped at byte %d (%s); resuming",
-                    redact_url(self.url), self.pos, type(err).__name__)
-        time.sleep(min(self.backoff * 2 ** (failures - 1), 30.0))
+        log.warning("request to %s failed at byte %d (%s); retrying in %.1f s",
+                    redact_url(self.url), self.pos, what, wait)
+        _sleep(wait)
         return failures
 
 
@@ -318,24 +425,47 @@ def _prehashed(part: Path) -> dict:
     return hashers
 
 
+def _verify_file(path: Path, what: str, md5: str | None, sha256: str | None,
+                 verify: Callable[[Path], None] | None) -> None:
+    if md5 or sha256:
+        check_digests({"md5": file_digest(path, "md5") if md5 else "",
+                       "sha256": file_digest(path, "sha256") if sha256 else ""},
+                      what, md5, sha256)
+    if verify is not None:
+        verify(path)
+
+
+def _reuse_existing(dest: Path, md5: str | None, sha256: str | None,
+                    verify: Callable[[Path], None] | None) -> bool:
+    """True when ``dest`` is there and passes its checks; a failing one is deleted."""
+    if not dest.exists():
+        return False
+    try:
+        _verify_file(dest, str(dest), md5, sha256, verify)
+    except DownloadError as err:
+        log.warning("%s fails its check (%s); downloading it again", dest, err)
+        dest.unlink()
+        return False
+    return True
+
+
 def download(url: str, dest: str | Path, *, md5: str | None = None, sha256: str | None = None,
              session: requests.Session | None = None, auth: Any = None, retries: int = 5,
              backoff: float = 1.0, progress: bool = True, access_hint: str | None = None,
-             desc: str | None = None) -> Path:
-    """Download ``url`` to ``dest``, resuming ``dest.part`` and verifying the checksum.
+             desc: str | None = None, verify: Callable[[Path], None] | None = None,
+             max_bytes: int | None = None) -> Path:
+    """Download ``url`` to ``dest``, resuming ``dest.part`` and verifying it before the rename.
 
-    An existing ``dest`` is verified (when a checksum is given) and kept. On a checksum
-    mismatch the partial file is deleted and :class:`ChecksumError` raised; ``dest`` then does
-    not exist, so nothing incomplete ever carries the final name.
+    The bytes go to ``dest.part``; ``dest`` gets its name only after the declared
+    ``Content-Length``, the checksum (when given) and ``verify(part)`` (a callable raising
+    :class:`DownloadError`, e.g. "is this a readable zip") all pass. An existing ``dest`` is
+    checked the same way and downloaded again if it fails. On a failed check the partial file
+    is deleted, so nothing incomplete ever carries the final name.
 
     >>> # download("https://host/images_001.tar.gz", "data/images_001.tar.gz", md5="fe8e...")
     """
     dest = Path(dest)
-    if dest.exists():
-        if md5 or sha256:
-            check_digests({"md5": file_digest(dest, "md5") if md5 else "",
-                           "sha256": file_digest(dest, "sha256") if sha256 else ""},
-                          str(dest), md5, sha256)
+    if _reuse_existing(dest, md5, sha256, verify):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -344,15 +474,20 @@ def download(url: str, dest: str | Path, *, md5: str | None = None, sha256: str 
                desc=desc or dest.name, disable=not progress, leave=False)
     stream = RemoteStream(url, session=session, auth=auth, start=start, tee=part,
                           hashers=_prehashed(part), retries=retries, backoff=backoff,
-                          progress=bar, access_hint=access_hint)
+                          progress=bar, access_hint=access_hint, max_bytes=max_bytes,
+                          resume_hint=f"Run the same command again: it resumes from the bytes "
+                                      f"kept in {part.name}.")
     try:
         stream.drain()
+        stream.check_complete()
     finally:
         stream.close()
         bar.close()
     try:
         check_digests(stream.digests(), redact_url(url), md5, sha256)
-    except ChecksumError:
+        if verify is not None:
+            verify(part)
+    except DownloadError:
         part.unlink(missing_ok=True)
         raise
     part.replace(dest)
@@ -361,16 +496,21 @@ def download(url: str, dest: str | Path, *, md5: str | None = None, sha256: str 
 
 def read_location(location: str | Path, *, session: requests.Session | None = None,
                   auth: Any = None, access_hint: str | None = None, retries: int = 5,
-                  backoff: float = 1.0) -> bytes:
-    """The bytes of a small file given as a local path or an http(s) URL."""
+                  backoff: float = 1.0, max_bytes: int | None = None) -> bytes:
+    """The bytes of a small file given as a local path or an http(s) URL (complete, capped)."""
     if not is_url(location):
         path = Path(location).expanduser()
-        if not path.exists():
+        if not path.is_file():
             raise FileNotFoundError(f"no file at {path}")
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise TooLargeError(f"{path} is {human_bytes(path.stat().st_size)}, over the "
+                                f"{human_bytes(max_bytes)} allowed for this file")
         return path.read_bytes()
     with RemoteStream(str(location), session=session, auth=auth, retries=retries,
-                      backoff=backoff, access_hint=access_hint) as stream:
-        return stream.read()
+                      backoff=backoff, access_hint=access_hint, max_bytes=max_bytes) as stream:
+        data = stream.read()
+        stream.check_complete()
+        return data
 
 
 def check_free_space(folder: str | Path, needed: int, margin: float = 1.1) -> None:

@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data_fetch.paths import atomic_write_text
+from data_fetch.redaction import redact
+
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.csv"
 CARD_FILE = "manifest.json"
@@ -162,8 +165,10 @@ def canonical_dtypes(df: pd.DataFrame) -> pd.DataFrame:
 def write_manifest(df: pd.DataFrame, folder: str | Path, card: dict[str, Any] | None = None) -> Path:
     """Validate and write ``manifest.csv`` (and ``manifest.json``, the data card) to ``folder``.
 
-    Paths in ``df['path']`` must be relative to ``folder``. The write is atomic: a crash
-    leaves either the old manifest or the new one, never half a file.
+    Paths in ``df['path']`` must be relative to ``folder``. Each file is written atomically
+    (temporary name, then rename; the card first, the table last), so a crash or a full disk
+    leaves the old manifest or the new one, never half a file. The card passes through
+    :func:`data_fetch.redaction.redact` so no URL query or registered secret lands in it.
     """
     folder = Path(folder)
     df = validate_manifest(df)
@@ -172,12 +177,11 @@ def write_manifest(df: pd.DataFrame, folder: str | Path, card: dict[str, Any] | 
         raise ManifestError("image file(s) named in column 'path' do not exist", "path", missing)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / MANIFEST_FILE
-    tmp = target.with_suffix(".csv.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(target)
+    table = df.to_csv(index=False)
     meta = {"schema_version": SCHEMA_VERSION, "n_images": int(len(df)),
             "n_patients": int(df["patient_id"].nunique()), **(card or {})}
-    (folder / CARD_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    atomic_write_text(folder / CARD_FILE, redact(json.dumps(meta, indent=2, default=str)))
+    atomic_write_text(target, table)
     return target
 
 

@@ -29,3 +29,31 @@ def data_root() -> Path:
 def dataset_dir(source: str, name: str) -> Path:
     """Folder of one prepared dataset: ``<data_root>/<source>/<name>`` (not created)."""
     return data_root() / source / name
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` through a temporary name and a rename.
+
+    A crash, a full disk or a read-only folder leaves either the old file or none, never half
+    a file under the final name; the temporary file is removed on failure. ``fsync=False``
+    skips the flush to the disk (for thousands of small images, where it costs the most).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))

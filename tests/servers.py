@@ -1,8 +1,10 @@
 """A small threaded HTTP server on 127.0.0.1 for the fetcher tests (no internet needed).
 
 Each path maps to a :class:`Route` that says what to send and how to misbehave: honour or
-ignore ``Range``, cut the body short, answer with an HTML page, require Basic auth, or
-answer ``HEAD`` with a false 404 (as Box does).
+ignore ``Range``, cut the body short, declare a longer ``Content-Length`` than it sends,
+answer the first requests with 429/5xx (and ``Retry-After``), answer with an HTML page,
+require Basic auth, redirect, or answer ``HEAD`` with a false 404 (as Box does). Every
+request is recorded in ``server.seen`` (headers included, to check where secrets went).
 
 >>> with LoopbackServer({"/a.bin": Route(b"hello")}) as srv:
 ...     import requests; requests.get(srv.url("/a.bin")).content
@@ -34,7 +36,13 @@ class Route:
     html: bool = False               # send an HTML page (200 text/html) instead of the body
     ignore_range: bool = False
     head_status: int = 404           # Box answers HEAD with a false 404
+    fail_first: int = 0              # how many GETs are answered with fail_status
+    fail_status: int = 503
+    retry_after: str | None = None   # Retry-After header sent with those failures
+    declared_length: int | None = None  # Content-Length to claim (the body sent stays as is)
+    redirect: str | None = None      # answer 302 to this absolute URL
     hits: int = field(default=0)
+    failures: int = field(default=0)
 
 
 @dataclass
@@ -69,6 +77,12 @@ def _handler(server: "LoopbackServer") -> type[BaseHTTPRequestHandler]:
             if route.auth and not self._authorised(route.auth):
                 return self._send(401, b"unauthorised", "text/plain",
                                   {"WWW-Authenticate": 'Basic realm="test"'})
+            if route.redirect:
+                return self._send(302, b"", "text/plain", {"Location": route.redirect})
+            if route.failures < route.fail_first:
+                route.failures += 1
+                extra = {"Retry-After": route.retry_after} if route.retry_after else {}
+                return self._send(route.fail_status, b"busy", "text/plain", extra)
             if route.html:
                 return self._send(200, HTML_PAGE, "text/html; charset=utf-8")
             if route.status != 200:
@@ -101,8 +115,9 @@ def _handler(server: "LoopbackServer") -> type[BaseHTTPRequestHandler]:
             else:
                 self.send_response(200)
             payload = body[start:]
+            declared = len(payload) if route.declared_length is None else route.declared_length - start
             self.send_header("Content-Type", route.content_type)
-            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Content-Length", str(declared))
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
             route.hits += 1
@@ -113,6 +128,8 @@ def _handler(server: "LoopbackServer") -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             self.wfile.write(payload)
+            if declared != len(payload):
+                self.close_connection = True
 
     return Handler
 
@@ -133,9 +150,14 @@ class LoopbackServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def url(self, path: str) -> str:
-        """Absolute URL of ``path`` on this server."""
-        return self.base + "/" + path.lstrip("/")
+    def url(self, path: str, host: str | None = None) -> str:
+        """Absolute URL of ``path`` on this server (``host='localhost'``: a second origin)."""
+        base = self.base if host is None else f"http://{host}:{self.httpd.server_address[1]}"
+        return base + "/" + path.lstrip("/")
+
+    def auth_headers(self) -> list[str]:
+        """Every ``Authorization`` header this server received."""
+        return [s.headers["Authorization"] for s in self.seen if "Authorization" in s.headers]
 
     def add(self, path: str, route: Route) -> Route:
         """Serve ``route`` at ``path`` (leading slash optional)."""

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from data_fetch import download
 from data_fetch.__main__ import main
 from data_fetch.manifest import read_manifest
 from data_fetch.sources import chexpert as cx
@@ -90,7 +91,7 @@ def test_signed_url_fetch_joins_demo_and_never_shows_the_signature(tmp_path, cap
                          "/demo.xlsx": Route(demo_xlsx())}) as srv:
         code = main(["chexpert", "--url", srv.url(f"chexpert.zip?sv=2020&{SECRET}"),
                      "--demo", srv.url("demo.xlsx"), "--dest", str(tmp_path / "cx"),
-                     "--size", "16", "--no-progress"])
+                     "--size", "16", "--no-progress", "--allow-http-loopback"])
         assert srv.seen[0].query.endswith(SECRET)          # the signature did reach the server
     assert code == 0
     df = read_manifest(tmp_path / "cx", check_files=True)
@@ -127,7 +128,8 @@ def test_local_folder_from_env(tmp_path, monkeypatch):
 def test_expired_url_gives_agreement_message(tmp_path):
     with LoopbackServer({"/chexpert.zip": Route(b"", status=403)}) as srv:
         with pytest.raises(Exception) as err:
-            cx.fetch_chexpert(tmp_path / "cx", url=srv.url(f"chexpert.zip?{SECRET}"), progress=False)
+            cx.fetch_chexpert(tmp_path / "cx", url=srv.url(f"chexpert.zip?{SECRET}"), progress=False,
+                              allow_http_loopback=True)
     assert "research use agreement" in str(err.value) and "TOPSECRET" not in str(err.value)
 
 
@@ -135,3 +137,49 @@ def test_race_mapping_table():
     for primary, ethnicity, expected in DEMO.values():
         got = cx.chexpert_race(primary, ethnicity)
         assert (got is pd.NA) if expected is None else got == expected, primary
+
+
+def test_truncated_zip_never_gets_the_final_name(tmp_path):
+    whole = make_zip()
+    cut = whole[:len(whole) * 2 // 3]              # the server itself holds a cut file
+    with LoopbackServer({"/chexpert.zip": Route(cut)}) as srv:
+        with pytest.raises(download.DownloadError, match="not a complete zip"):
+            cx.fetch_chexpert(tmp_path / "cx", url=srv.url(f"chexpert.zip?{SECRET}"),
+                              size=16, progress=False, allow_http_loopback=True)
+    download_dir = tmp_path / "cx" / "_download"
+    assert not (download_dir / "chexpert.zip").exists()
+    assert not (download_dir / "chexpert.zip.part").exists()
+
+
+def test_truncated_zip_left_by_an_older_run_is_downloaded_again(tmp_path):
+    whole = make_zip()
+    stale = tmp_path / "cx" / "_download" / "chexpert.zip"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(whole[:len(whole) // 2])     # final name, half the bytes
+    with LoopbackServer({"/chexpert.zip": Route(whole)}) as srv:
+        out = cx.fetch_chexpert(tmp_path / "cx", url=srv.url(f"chexpert.zip?{SECRET}"),
+                                size=16, progress=False, allow_http_loopback=True)
+        assert [s.path for s in srv.seen] == ["/chexpert.zip"]
+    assert len(read_manifest(out, check_files=True)) == 8
+
+
+def test_zip_member_over_the_cap_is_left_out(tmp_path, monkeypatch, caplog):
+    from data_fetch.sources import images
+    local = tmp_path / "CheXpert-v1.0-small.zip"
+    local.write_bytes(make_zip(with_demo=True))
+    monkeypatch.setattr(images, "MAX_MEMBER_BYTES", 200)      # every JPEG is larger
+    monkeypatch.setattr(cx, "MAX_MEMBER_BYTES", 200)
+    with pytest.raises(RuntimeError, match="no usable images"):
+        cx.fetch_chexpert(tmp_path / "cx", local=local, size=16, progress=False, limit=2)
+    assert "200-byte cap" in caplog.text             # left out unread, reported
+
+
+def test_damaged_member_crc_is_reported_per_image(tmp_path):
+    data = bytearray(make_zip(with_demo=True))
+    first = data.find(b"view1_frontal.jpg") + len("view1_frontal.jpg") + 40
+    data[first] ^= 0xFF                            # one byte inside the first stored JPEG
+    local = tmp_path / "CheXpert-v1.0-small.zip"
+    local.write_bytes(bytes(data))
+    out = cx.fetch_chexpert(tmp_path / "cx", local=local, size=16, progress=False)
+    card = (out.parent / "manifest.json").read_text()
+    assert "damaged in the zip" in card or "cannot decode" in card

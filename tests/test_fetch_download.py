@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from data_fetch import download as dl
+from data_fetch import download
 from data_fetch.credentials import Credentials, CredentialsError, get_credentials
 
 from tests.servers import LoopbackServer, Route
@@ -21,7 +21,7 @@ def md5(data: bytes) -> str:
 
 def test_complete_download_verifies_md5(tmp_path):
     with LoopbackServer({"/f.bin": Route(BODY)}) as srv:
-        out = dl.download(srv.url("f.bin"), tmp_path / "f.bin", md5=md5(BODY), progress=False)
+        out = download.download(srv.url("f.bin"), tmp_path / "f.bin", md5=md5(BODY), progress=False)
     assert out.read_bytes() == BODY
     assert not (tmp_path / "f.bin.part").exists()
 
@@ -29,7 +29,7 @@ def test_complete_download_verifies_md5(tmp_path):
 def test_dropped_connection_resumes_with_range(tmp_path):
     route = Route(BODY, truncate_first=2, truncate_at=0.3)
     with LoopbackServer({"/f.bin": route}) as srv:
-        out = dl.download(srv.url("f.bin"), tmp_path / "f.bin", md5=md5(BODY), backoff=0,
+        out = download.download(srv.url("f.bin"), tmp_path / "f.bin", md5=md5(BODY), backoff=0,
                           progress=False)
         ranges = [s.headers.get("Range") for s in srv.seen if s.method == "GET"]
     assert out.read_bytes() == BODY
@@ -40,7 +40,7 @@ def test_dropped_connection_resumes_with_range(tmp_path):
 def test_resume_from_part_file_of_earlier_run(tmp_path):
     (tmp_path / "f.bin.part").write_bytes(BODY[:1000])
     with LoopbackServer({"/f.bin": Route(BODY)}) as srv:
-        dl.download(srv.url("f.bin"), tmp_path / "f.bin", md5=md5(BODY), progress=False)
+        download.download(srv.url("f.bin"), tmp_path / "f.bin", md5=md5(BODY), progress=False)
         assert srv.seen[0].headers["Range"] == "bytes=1000-"
     assert (tmp_path / "f.bin").read_bytes() == BODY
 
@@ -48,37 +48,38 @@ def test_resume_from_part_file_of_earlier_run(tmp_path):
 def test_server_that_ignores_range_still_gives_right_bytes(tmp_path):
     (tmp_path / "f.bin.part").write_bytes(BODY[:5000])
     with LoopbackServer({"/f.bin": Route(BODY, ignore_range=True)}) as srv:
-        dl.download(srv.url("f.bin"), tmp_path / "f.bin", md5=md5(BODY), progress=False)
+        download.download(srv.url("f.bin"), tmp_path / "f.bin", md5=md5(BODY), progress=False)
     assert (tmp_path / "f.bin").read_bytes() == BODY
 
 
 def test_wrong_checksum_leaves_nothing_that_looks_complete(tmp_path):
     with LoopbackServer({"/f.bin": Route(BODY)}) as srv:
-        with pytest.raises(dl.ChecksumError, match="MD5 mismatch"):
-            dl.download(srv.url("f.bin"), tmp_path / "f.bin", md5="0" * 32, progress=False)
+        with pytest.raises(download.ChecksumError, match="MD5 mismatch"):
+            download.download(srv.url("f.bin"), tmp_path / "f.bin", md5="0" * 32, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_html_page_instead_of_data_is_detected(tmp_path):
     with LoopbackServer({"/f.bin": Route(BODY, html=True)}) as srv:
-        with pytest.raises(dl.HTMLPageError, match="HTML page"):
-            dl.download(srv.url("f.bin"), tmp_path / "f.bin", progress=False)
+        with pytest.raises(download.HTMLPageError, match="HTML page"):
+            download.download(srv.url("f.bin"), tmp_path / "f.bin", progress=False)
     assert not (tmp_path / "f.bin").exists()
 
 
 def test_404_and_head_are_not_used(tmp_path):
     with LoopbackServer({"/f.bin": Route(BODY)}) as srv:
-        with pytest.raises(dl.DownloadError, match="404"):
-            dl.download(srv.url("missing.bin"), tmp_path / "x", progress=False)
-        dl.download(srv.url("f.bin"), tmp_path / "f.bin", progress=False)  # HEAD would say 404
+        with pytest.raises(download.DownloadError, match="404"):
+            download.download(srv.url("missing.bin"), tmp_path / "x", progress=False)
+        download.download(srv.url("f.bin"), tmp_path / "f.bin", progress=False)  # HEAD would say 404
         assert all(s.method == "GET" for s in srv.seen)
 
 
 def test_401_message_names_the_account_and_hides_the_password(tmp_path, capsys, caplog):
     creds = Credentials("ada", "hunter2-secret", "environment")
     with LoopbackServer({"/f.bin": Route(BODY, auth=("ada", "right-one"))}) as srv:
-        with pytest.raises(dl.AccessError) as err:
-            dl.download(srv.url("f.bin"), tmp_path / "f.bin", auth=creds.auth(), progress=False,
+        with pytest.raises(download.AccessError) as err:
+            auth = creds.bound_to(srv.url("f.bin"), allow_http_loopback=True)
+            download.download(srv.url("f.bin"), tmp_path / "f.bin", auth=auth, progress=False,
                         access_hint="You need a PhysioNet credentialed account.")
     text = str(err.value) + repr(creds) + str(creds) + capsys.readouterr().out + caplog.text
     assert "401" in str(err.value) and "PhysioNet" in str(err.value)
@@ -87,8 +88,8 @@ def test_401_message_names_the_account_and_hides_the_password(tmp_path, capsys, 
 
 def test_signed_url_query_is_redacted_in_errors(tmp_path):
     with LoopbackServer({}) as srv:
-        with pytest.raises(dl.DownloadError) as err:
-            dl.download(srv.url("x.zip?sig=TOPSECRET"), tmp_path / "x.zip", progress=False)
+        with pytest.raises(download.DownloadError) as err:
+            download.download(srv.url("x.zip?sig=TOPSECRET"), tmp_path / "x.zip", progress=False)
     assert "TOPSECRET" not in str(err.value)
 
 
@@ -102,7 +103,7 @@ def test_remote_stream_feeds_tarfile_across_a_dropped_connection():
             tar.addfile(info, io.BytesIO(data))
     blob = buf.getvalue()
     with LoopbackServer({"/a.tar.gz": Route(blob, truncate_first=1)}) as srv:
-        with dl.RemoteStream(srv.url("a.tar.gz"), backoff=0) as stream:
+        with download.RemoteStream(srv.url("a.tar.gz"), backoff=0) as stream:
             with tarfile.open(fileobj=stream, mode="r|gz") as tar:
                 names = [m.name for m in tar]
             stream.drain()
@@ -112,9 +113,9 @@ def test_remote_stream_feeds_tarfile_across_a_dropped_connection():
 
 
 def test_free_space_check():
-    with pytest.raises(dl.DownloadError, match="not enough disk space"):
-        dl.check_free_space("/tmp/somewhere/new", needed=10**18)
-    dl.check_free_space("/tmp", needed=1)
+    with pytest.raises(download.DownloadError, match="not enough disk space"):
+        download.check_free_space("/tmp/somewhere/new", needed=10**18)
+    download.check_free_space("/tmp", needed=1)
 
 
 def test_credentials_from_env_netrc_and_missing(tmp_path, monkeypatch):
@@ -136,3 +137,18 @@ def test_credentials_from_env_netrc_and_missing(tmp_path, monkeypatch):
     with pytest.raises(CredentialsError, match="Get an account"):
         get_credentials("other.org", user_env="X_USER", password_env="X_PASS",
                         account_hint="Get an account.", interactive=False, netrc_file=netrc_file)
+
+
+def test_requests_ask_for_the_bytes_as_stored(tmp_path):
+    with LoopbackServer({"/f.bin": Route(BODY)}) as srv:
+        download.download(srv.url("f.bin"), tmp_path / "f.bin", progress=False)
+        assert srv.seen[0].headers["Accept-Encoding"] == "identity"  # Content-Length = bytes read
+
+
+def test_malformed_urls_fail_before_any_request_without_their_query():
+    for url in ("http://127.0.0.1:99999/x?sig=S3CR3T", "ftp://h.org/x?sig=S3CR3T",
+                "https:///x?sig=S3CR3T", "http://[::1/x?sig=S3CR3T"):
+        with pytest.raises(ValueError) as err:
+            download.check_url(url)
+        assert "S3CR3T" not in str(err.value)
+        assert "not a valid URL" in str(err.value) or "http(s)://" in str(err.value)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from data_fetch import download as dl
+from data_fetch import download
 from data_fetch.__main__ import main
 from data_fetch.manifest import read_manifest
 from data_fetch.sources import mimic
@@ -74,6 +74,7 @@ def build_files(race_column: str = "race") -> dict[str, bytes]:
 def server(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setattr(mimic, "CREDENTIAL_HOST", "127.0.0.1")  # $PHYSIONET_* belong to the test host
     routes = {f"/{k}": Route(v, auth=(USER, PASSWORD)) for k, v in build_files().items()}
     with LoopbackServer(routes) as srv:
         yield srv
@@ -81,7 +82,8 @@ def server(tmp_path, monkeypatch):
 
 def run_cli(srv, tmp_path, *extra) -> int:
     return main(["mimic", "--mirror", srv.url("cxr"), "--mimic-iv", srv.url("iv"),
-                 "--dest", str(tmp_path / "mimic"), "--size", "16", "--no-progress", *extra])
+                 "--dest", str(tmp_path / "mimic"), "--size", "16", "--no-progress",
+                 "--allow-http-loopback", *extra])
 
 
 def test_fetch_with_credentials_race_age_and_split(server, tmp_path, monkeypatch, capsys, caplog):
@@ -133,13 +135,13 @@ def test_netrc_credentials_count_and_list(server, tmp_path, monkeypatch):
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     out = mimic.fetch_mimic(tmp_path / "m1", mirror=server.url("cxr"), mimic_iv=server.url("iv"),
-                            count=2, size=16, progress=False)
+                            count=2, size=16, progress=False, allow_http_loopback=True)
     card = json.loads((out.parent / "manifest.json").read_text())
     assert len(read_manifest(out)) + len(card.get("excluded", [])) == 2
     listing = tmp_path / "IMAGE_FILENAMES"
     listing.write_text(mimic.image_rel(10000034, 50000002, "d2pa") + "\n")
     out = mimic.fetch_mimic(tmp_path / "m2", mirror=server.url("cxr"), mimic_iv=server.url("iv"),
-                            image_list=listing, size=16, progress=False)
+                            image_list=listing, size=16, progress=False, allow_http_loopback=True)
     assert list(read_manifest(out)["image_id"]) == ["d2pa"]
 
 
@@ -160,5 +162,5 @@ def test_dry_run_needs_no_credentials(tmp_path, capsys, monkeypatch):
 
 def test_access_error_type(server, tmp_path):
     remote = mimic.Remote(server.url("cxr"), auth=None)
-    with pytest.raises(dl.AccessError):
+    with pytest.raises(download.AccessError):
         remote.table(mimic.TABLES["metadata"])

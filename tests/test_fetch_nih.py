@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from data_fetch import download as dl
+from data_fetch import download
 from data_fetch.manifest import read_manifest
 from data_fetch.sources import nih
 
@@ -117,7 +117,7 @@ def test_dropped_stream_resumes_and_archive_not_kept(tmp_path):
 
 def test_wrong_md5_deletes_images_and_writes_no_manifest(tmp_path):
     with LoopbackServer(mirror_routes()) as srv:
-        with pytest.raises(dl.ChecksumError, match="MD5 mismatch.*deleted"):
+        with pytest.raises(download.ChecksumError, match="MD5 mismatch.*deleted"):
             fetch(srv, tmp_path / "nih", md5={1: "0" * 32})
     assert not (tmp_path / "nih" / "manifest.csv").exists()
     assert not list((tmp_path / "nih" / "images").glob("*.png"))
@@ -125,13 +125,13 @@ def test_wrong_md5_deletes_images_and_writes_no_manifest(tmp_path):
 
 def test_published_md5_applies_to_mirrors_too(tmp_path):
     with LoopbackServer(mirror_routes()) as srv:
-        with pytest.raises(dl.ChecksumError, match=nih.ARCHIVE_MD5[1]):
+        with pytest.raises(download.ChecksumError, match=nih.ARCHIVE_MD5[1]):
             fetch(srv, tmp_path / "nih", md5={})
 
 
 def test_html_instead_of_archive(tmp_path):
     with LoopbackServer(mirror_routes(html=True)) as srv:
-        with pytest.raises(dl.HTMLPageError):
+        with pytest.raises(download.HTMLPageError):
             fetch(srv, tmp_path / "nih")
 
 

@@ -2,7 +2,10 @@
 
 Every source module defines ``NAME``, ``TITLE``, ``ACCESS``, ``add_parser(subparsers)``,
 ``run(args) -> int`` and a Python function ``fetch_<name>(...)`` that returns the path of the
-manifest it wrote. Modules are imported only when used, so ``--help`` stays fast.
+manifest it wrote. ``run`` is one call to :func:`data_fetch.sources.cli.run_fetch`, which maps
+the shared options; the shared pieces live in ``cli``, ``images``, ``labels``, ``dataset`` and
+``archives`` (``_common`` re-exports them). Modules are imported only when used, so ``--help``
+stays fast.
 
 >>> [s.name for s in SOURCES.values()]
 ['nih', 'covid19_ar', 'chexpert', 'mimic']

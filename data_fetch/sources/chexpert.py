@@ -3,8 +3,14 @@
 Irvin et al. 2019, "CheXpert: a large chest radiograph dataset with uncertainty labels and
 expert comparison", AAAI. Register at https://stanfordaimi.azurewebsites.net/datasets (CheXpert),
 accept the agreement, and either download the zip yourself (``--local`` folder or zip;
-``$CHEXPERT_DIR``) or paste the signed download URL of the zip (``--url``; ``$CHEXPERT_URL``).
-A signed URL is a secret: its query string is never printed, logged or stored.
+``$CHEXPERT_DIR``) or paste the signed download URL of the zip (``$CHEXPERT_URL``, or ``--url``).
+A signed URL is a secret: its query string is never printed, logged or stored, it is sent only
+over HTTPS, and it is best given through ``$CHEXPERT_URL`` (a ``--url`` argument is visible to
+other users of the machine in the process list).
+
+The zip is downloaded to ``chexpert.zip.part`` (resumable) and renamed only once its declared
+length matched and its central directory reads; a damaged zip found later is downloaded again.
+Each image is read with its CRC-32 checked and a size cap (:data:`~data_fetch.sources.images.MAX_MEMBER_BYTES`).
 
 Self-reported race comes from ``CHEXPERT DEMO.xlsx`` (columns ``PATIENT, GENDER, AGE_AT_CXR,
 PRIMARY_RACE, ETHNICITY``), joined on the patient id in ``Path``. As in Gichoya et al. 2022,
@@ -18,15 +24,28 @@ import argparse
 import io
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data_fetch import download as dl
-from data_fetch.sources import _common as C
+from data_fetch.credentials import check_transport
+from data_fetch.download import (DownloadError, check_free_space, check_url, human_bytes,
+                                 make_session, read_location, redact_url)
+from data_fetch.download import download as download_file
+from data_fetch.sources.cli import (add_common_args, add_http_loopback_arg, env_default,
+                                    resolve_dest, run_fetch)
+from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, check_common, claim_folder,
+                                        finalize, log, read_table, split_patients,
+                                        whole_patient_subset)
+from data_fetch.sources.images import (MAX_MEMBER_BYTES, CorruptImageError, check_member_size,
+                                       estimate_disk, store_image)
+from data_fetch.sources.labels import (CHEXPERT_LABELS, chexpert_label, finding_column,
+                                       is_hispanic, map_sex, race_class)
 
 NAME = "chexpert"
 TITLE = "CheXpert"
@@ -35,9 +54,11 @@ DEMO_FILE = "CHEXPERT DEMO.xlsx"
 ACCESS_HINT = ("CheXpert needs a (free) Stanford AIMI registration and its research use "
                "agreement: https://stanfordaimi.azurewebsites.net/datasets . Signed URLs expire: "
                "paste a fresh one.")
-LABELS = C.CHEXPERT_LABELS
+LABELS = CHEXPERT_LABELS
 IMAGE_KEY = re.compile(r"(train|valid|test)/(patient\d+)/(study\d+)/(view\d+_\w+)\.jpg$")
 TYPICAL_JPEG_BYTES = 60_000
+#: Largest label table or demographics file read (train.csv of the full set is about 25 MB).
+MAX_TABLE_BYTES = 500_000_000
 
 
 class Container:
@@ -45,7 +66,7 @@ class Container:
 
     def __init__(self, location: Path):
         self.location = location
-        self.zip = zipfile.ZipFile(location) if location.is_file() else None
+        self.zip = open_zip(location) if location.is_file() else None
         names = self.zip.namelist() if self.zip else [
             str(p.relative_to(location)) for p in location.rglob("*") if p.is_file()]
         self.names = [n.replace("\\", "/") for n in names]
@@ -55,11 +76,20 @@ class Container:
         low = suffix.lower()
         return next((n for n in self.names if n.lower().endswith(low)), None)
 
-    def read(self, name: str) -> bytes:
-        """Bytes of member ``name``."""
+    def read(self, name: str, cap: int = MAX_TABLE_BYTES) -> bytes:
+        """Bytes of member ``name``: CRC-32 checked in a zip, never more than ``cap`` read."""
         if self.zip:
-            return self.zip.read(name)
-        return (self.location / name).read_bytes()
+            check_member_size(self.zip.getinfo(name).file_size, name, cap)
+            try:
+                with self.zip.open(name) as member:
+                    data = member.read(cap + 1)   # the declared size may lie: read at most this
+            except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+                raise CorruptImageError(f"{name}: damaged in the zip ({err})") from None
+            check_member_size(len(data), name, cap)
+            return data
+        path = self.location / name
+        check_member_size(path.stat().st_size, name, cap)
+        return path.read_bytes()
 
     def images(self) -> dict[str, str]:
         """``'train/patient00001/study1/view1_frontal'`` -> member name, for every JPEG."""
@@ -71,6 +101,21 @@ class Container:
         return found
 
 
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """Open a CheXpert zip; :class:`DownloadError` saying what to do when it is damaged."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DownloadError(f"{path} is not a complete zip ({err}); download it again") from None
+
+
+def verify_zip(path: Path) -> None:
+    """Raise :class:`DownloadError` unless ``path`` is a zip whose central directory reads."""
+    with open_zip(path) as z:
+        if not z.namelist():
+            raise DownloadError(f"{path} is an empty zip")
+
+
 # ----------------------------------------------------------------------------- labels
 def chexpert_race(primary: Any, ethnicity: Any) -> Any:
     """The paper's class for a CheXpert PRIMARY_RACE/ETHNICITY pair (Hispanic -> missing).
@@ -80,21 +125,21 @@ def chexpert_race(primary: Any, ethnicity: Any) -> Any:
     >>> chexpert_race("Black or African American", "Hispanic/Latino") is pd.NA
     True
     """
-    if C.is_hispanic(primary) or C.is_hispanic(ethnicity):
+    if is_hispanic(primary) or is_hispanic(ethnicity):
         return pd.NA
-    return C.race_class(primary)
-
-
-def _label(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return False  # blank: not mentioned in the report
-    return {1.0: True, 0.0: False, -1.0: pd.NA}.get(float(value), pd.NA)
+    return race_class(primary)
 
 
 def read_demo(data: bytes) -> pd.DataFrame:
     """``CHEXPERT DEMO.xlsx`` (or a csv copy) indexed by ``PATIENT``."""
-    table = pd.read_excel(io.BytesIO(data), engine="openpyxl") if data[:2] == b"PK" \
-        else pd.read_csv(io.BytesIO(data))
+    if data[:2] == b"PK":
+        try:
+            table = pd.read_excel(io.BytesIO(data), engine="openpyxl")
+        except (zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{DEMO_FILE} cannot be read ({type(err).__name__}); download it "
+                             "again from the CheXpert page") from None
+    else:
+        table = read_table(data, DEMO_FILE)
     need = {"PATIENT", "PRIMARY_RACE"} - set(table.columns)
     if need:
         raise ValueError(f"{DEMO_FILE} lacks column(s) {sorted(need)}; has {list(table.columns)}")
@@ -129,8 +174,8 @@ def build_rows(table: pd.DataFrame, demo: pd.DataFrame | None, seed: int) -> pd.
     if d is not None and "AGE_AT_CXR" in d:
         demo_age = pd.to_numeric(d["AGE_AT_CXR"], errors="coerce").to_numpy(dtype=float)
         age = np.where(np.isnan(demo_age), age, demo_age)
-    sex = [C.map_sex(v) for v in table.get("Sex", pd.Series([pd.NA] * len(table)))]
-    split = C.split_patients(table["patient_id"], seed)
+    sex = [map_sex(v) for v in table.get("Sex", pd.Series([pd.NA] * len(table)))]
+    split = split_patients(table["patient_id"], seed)
     df = pd.DataFrame({
         "image_id": table["key"].str.replace("/", "_"), "path": "images/" + table["key"] + ".png",
         "patient_id": table["patient_id"], "study_id": table["patient_id"] + "/" + table["study"],
@@ -143,12 +188,20 @@ def build_rows(table: pd.DataFrame, demo: pd.DataFrame | None, seed: int) -> pd.
         "race_original": primary, "member_key": table["key"],
     })
     for label in LABELS:
-        df[C.finding_column(label)] = [_label(v) for v in table.get(label, [np.nan] * len(table))]
-    df["no_finding"] = [_label(v) for v in table.get("No Finding", [np.nan] * len(table))]
+        df[finding_column(label)] = [chexpert_label(v) for v in table.get(label, [np.nan] * len(table))]
+    df["no_finding"] = [chexpert_label(v) for v in table.get("No Finding", [np.nan] * len(table))]
     return df.reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- driver
+def check_signed_url(url: str, allow_http_loopback: bool = False) -> str:
+    """A well-formed signed URL that may be sent (HTTPS; HTTP only to loopback when allowed)."""
+    check_url(url)
+    if urlsplit(url).query:
+        check_transport(url, "the signed URL", allow_http_loopback)
+    return url
+
+
 def _locate(local: str | Path | None, url: str | None, dest: Path, keep_archive: bool,
             progress: bool, net: dict) -> tuple[Path, bool]:
     """A local folder/zip holding CheXpert: given, or downloaded from the signed URL."""
@@ -157,65 +210,75 @@ def _locate(local: str | Path | None, url: str | None, dest: Path, keep_archive:
         if not path.exists():
             raise FileNotFoundError(f"no CheXpert copy at {path}")
         return path, False
-    if not url:
-        raise ValueError("give --local (a CheXpert folder or zip) or --url (the signed URL "
-                         f"of the zip). {ACCESS_HINT}")
-    zip_path = dl.download(url, dest / "_download" / "chexpert.zip", progress=progress,
-                           access_hint=ACCESS_HINT, desc="chexpert.zip", **net)
+    zip_path = download_file(url, dest / "_download" / "chexpert.zip", progress=progress,
+                             access_hint=ACCESS_HINT, desc="chexpert.zip", verify=verify_zip,
+                             **net)
     return zip_path, not keep_archive
 
 
 def fetch_chexpert(dest: str | Path | None = None, *, local: str | Path | None = None,
                    url: str | None = None, demo: str | Path | None = None,
-                   size: int = C.DEFAULT_SIZE, limit: int | None = None, seed: int = 0,
-                   keep_archive: bool = False, name: str = C.DEFAULT_NAME,
+                   size: int = DEFAULT_SIZE, limit: int | None = None, seed: int = 0,
+                   keep_archive: bool = False, name: str = DEFAULT_NAME,
                    dry_run: bool = False, progress: bool = True, retries: int = 5,
-                   backoff: float = 1.0) -> Path | None:
+                   backoff: float = 1.0, allow_http_loopback: bool = False) -> Path | None:
     """Prepare CheXpert from a local copy or a signed URL, joined to ``CHEXPERT DEMO.xlsx``.
 
     >>> # fetch_chexpert(local="~/data/CheXpert-v1.0-small.zip", demo="~/data/CHEXPERT DEMO.xlsx")
     """
-    dest = C.resolve_dest(NAME, dest, name)
-    local = local or C.env_default("CHEXPERT_DIR")
-    url = url or C.env_default("CHEXPERT_URL")
+    check_common(size, limit, seed)
+    dest = resolve_dest(NAME, dest, name)
+    local = local or env_default("CHEXPERT_DIR")
+    url = url or env_default("CHEXPERT_URL")
+    if not local and not url:
+        raise ValueError("give --local (a CheXpert folder or zip) or set CHEXPERT_URL to the "
+                         f"signed URL of the zip. {ACCESS_HINT}")
+    if url and not local:
+        check_signed_url(url, allow_http_loopback)
     if dry_run:
-        what = f"read {local}" if local else f"download the zip from {dl.redact_url(url or '?')}"
+        what = f"read {local}" if local else f"download the zip from {redact_url(url)}"
         print(f"{TITLE} -> {dest}\n  {what}; disk needed about "
-              f"{dl.human_bytes(C.estimate_disk(limit or 224_316, size))} for "
+              f"{human_bytes(estimate_disk(limit or 224_316, size))} for "
               f"{limit or 'all (224,316)'} images (plus the zip if downloaded: 11 GB small, 439 GB full)")
         return None
-    net = {"retries": retries, "backoff": backoff}
+    claim_folder(dest, NAME, size)
+    net = {"retries": retries, "backoff": backoff, "session": make_session()}
     location, remove_after = _locate(local, url, dest, keep_archive, progress, net)
     box = Container(location)
     demo_table, demo_origin = _load_demo(demo, box, location, net)
-    rows = C.whole_patient_subset(build_rows(read_labels(box), demo_table, seed), limit, seed)
-    dl.check_free_space(dest, C.estimate_disk(len(rows), size))
-    members = box.images()
-    keep, corrupt = _convert(rows, members, box, dest, size, progress)
-    if remove_after:
-        location.unlink(missing_ok=True)
+    rows = whole_patient_subset(build_rows(read_labels(box), demo_table, seed), limit, seed)
+    check_free_space(dest, estimate_disk(len(rows), size))
+    keep, corrupt = _convert(rows, box.images(), box, dest, size, progress)
     df = rows[keep].drop(columns="member_key")
-    df["split"] = df["patient_id"].map(C.split_patients(df["patient_id"], seed))
+    df["split"] = df["patient_id"].map(split_patients(df["patient_id"], seed))
     card = {"source": NAME, "title": TITLE, "size": size, "targets": ["race", "sex", "age"],
             "citation": "Irvin et al. 2019, AAAI (CheXpert)", "demographics": demo_origin,
             "race_rule": "PRIMARY_RACE names Asian, Black or White and the patient is not Hispanic",
             "split_method": "random patient-level 60/10/30 (as Gichoya et al. 2022)",
             "restricted": True}
-    return C.finalize(df, dest, card, corrupt)
+    out = finalize(df, dest, card, corrupt)
+    if remove_after:
+        location.unlink(missing_ok=True)
+    return out
 
 
 def _load_demo(demo: str | Path | None, box: Container, location: Path,
                net: dict) -> tuple[pd.DataFrame | None, str]:
     if demo:
-        return read_demo(dl.read_location(demo, **net)), dl.redact_url(str(demo))
+        return read_demo(read_location(demo, **net)), redact_url(str(demo))
     inside = box.find(DEMO_FILE)
     if inside:
         return read_demo(box.read(inside)), f"{DEMO_FILE} inside the copy"
     beside = location.parent / DEMO_FILE
     if beside.exists():
         return read_demo(beside.read_bytes()), str(beside)
-    C.log.warning("%s not found (--demo): race will be missing", DEMO_FILE)
+    log.warning("%s not found (--demo): race will be missing", DEMO_FILE)
     return None, "none"
+
+
+def render_image(box: Container, member: str, key: str, out: Path, size: int) -> None:
+    """Read one JPEG from the copy and store it as a PNG (the per-image step)."""
+    store_image(box.read(member, cap=MAX_MEMBER_BYTES), key, out, size)
 
 
 def _convert(rows: pd.DataFrame, members: dict[str, str], box: Container, dest: Path,
@@ -233,9 +296,9 @@ def _convert(rows: pd.DataFrame, members: dict[str, str], box: Container, dest: 
             corrupt.append((key, "image file missing from the copy"))
             continue
         try:
-            C.store_image(box.read(member), key, out, size)
+            render_image(box, member, key, out, size)
             keep[i] = True
-        except C.CorruptImageError as err:
+        except CorruptImageError as err:
             corrupt.append((key, str(err).split(": ", 1)[-1]))
     return keep, corrupt
 
@@ -245,21 +308,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``python -m data_fetch chexpert``."""
     p = subparsers.add_parser(NAME, help=f"{TITLE}: {ACCESS}", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, "(unused for CheXpert: give --url or --local)")
+    add_common_args(p, "(unused for CheXpert: give --url or --local)")
     p.add_argument("--local", "--source-dir", dest="local", default=None, help="CheXpert folder or zip ($CHEXPERT_DIR)")
     p.add_argument("--url", default=None,
-                   help="signed URL of the CheXpert zip ($CHEXPERT_URL); never logged")
+                   help="signed URL of the CheXpert zip; prefer setting $CHEXPERT_URL, since "
+                        "arguments show in the process list (never logged or stored)")
     p.add_argument("--demo", default=None, help=f"path or URL of {DEMO_FILE}")
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded zip")
+    add_http_loopback_arg(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``chexpert`` subcommand."""
-    out = fetch_chexpert(args.dest, local=args.local, url=args.url, demo=args.demo,
-                         size=args.size, limit=args.limit, seed=args.seed,
-                         keep_archive=args.keep_archive, name=args.name, dry_run=args.dry_run,
-                         progress=not args.no_progress)
-    if out is not None:
-        C.say(f"{TITLE} ready: {out}")
-    return 0
+    if args.url and urlsplit(str(args.url)).query:
+        log.warning("the signed URL given with --url is visible to other users in the process "
+                    "list; prefer: export CHEXPERT_URL='...'")
+    return run_fetch(fetch_chexpert, TITLE, args, local=args.local, url=args.url,
+                     demo=args.demo, limit=args.limit, keep_archive=args.keep_archive,
+                     allow_http_loopback=args.allow_http_loopback)

@@ -4,10 +4,13 @@ Johnson et al. 2019, "MIMIC-CXR-JPG, a large publicly available database of labe
 radiographs" (arXiv:1901.07042); MIMIC-IV: Johnson et al. 2023, Sci Data 10:1. You need a
 PhysioNet *credentialed* account (CITI training) and to sign the data use agreements of both
 projects: https://physionet.org/content/mimic-cxr-jpg/ and https://physionet.org/content/mimiciv/ .
-Credentials come from ``$PHYSIONET_USERNAME`` / ``$PHYSIONET_PASSWORD``, ``~/.netrc``
-(``machine physionet.org login USER password PASS``) or a prompt; they are never printed or
-stored. Files are fetched over HTTPS one at a time (PhysioNet throttles parallel downloads),
-or read from a local copy (``--local``, ``$MIMIC_CXR_DIR``).
+Credentials come from ``$PHYSIONET_USERNAME`` / ``$PHYSIONET_PASSWORD`` (sent to
+``physionet.org`` only), ``~/.netrc`` (``machine HOST login USER password PASS``, per host) or a
+prompt; they are never printed or stored, and each base (``--mirror``, ``--mimic-iv``) gets only
+its own host's credentials, over HTTPS only. Files are fetched one at a time (PhysioNet
+throttles parallel downloads), with retries that honour ``Retry-After`` on 429/5xx; an image
+that still fails is skipped and listed in the data card (the run stops only when more than
+10% fail), and a re-run tries it again. Or read a local copy (``--local``, ``$MIMIC_CXR_DIR``).
 
 A subset is chosen by ``--count N`` (whole patients in a seeded order) or ``--list FILE`` (lines
 like those of ``IMAGE_FILENAMES``: ``files/p10/p10000032/s50414267/<dicom_id>.jpg``). Frontal
@@ -19,8 +22,6 @@ admissions are dropped. Age at the study = ``anchor_age + (study year - anchor_y
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,31 +30,42 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data_fetch import download as dl
-from data_fetch.credentials import get_credentials
-from data_fetch.sources import _common as C
+from data_fetch.credentials import Credentials, HostBoundAuth, check_transport, get_credentials
+from data_fetch.download import (AccessError, DownloadError, check_free_space, check_url,
+                                 human_bytes, is_url, join_url, make_session, read_location,
+                                 redact_url)
+from data_fetch.sources.cli import (add_common_args, add_http_loopback_arg, count_arg,
+                                    env_default, resolve_dest, run_fetch)
+from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, FailureBudget, check_common,
+                                        check_count, claim_folder, finalize, read_table,
+                                        whole_patient_subset)
+from data_fetch.sources.images import MAX_MEMBER_BYTES, CorruptImageError, estimate_disk, store_image
+from data_fetch.sources.labels import (CHEXPERT_LABELS, chexpert_label, finding_column,
+                                       is_hispanic, map_sex, race_class)
 
 NAME = "mimic"
 TITLE = "MIMIC-CXR-JPG 2.1.0 + MIMIC-IV"
 ACCESS = "PhysioNet credentialed account + data use agreements"
 CXR_BASE = "https://physionet.org/files/mimic-cxr-jpg/2.1.0"
+#: The one host ``$PHYSIONET_USERNAME`` / ``$PHYSIONET_PASSWORD`` are sent to.
+CREDENTIAL_HOST = "physionet.org"
 IV_BASE = "https://physionet.org/files/mimiciv/3.1"
 TABLES = {"metadata": "mimic-cxr-2.0.0-metadata.csv.gz", "chexpert": "mimic-cxr-2.0.0-chexpert.csv.gz",
           "split": "mimic-cxr-2.0.0-split.csv.gz"}
 ACCESS_HINT = ("MIMIC needs a PhysioNet credentialed account and signed data use agreements for "
                "MIMIC-CXR-JPG and MIMIC-IV: https://physionet.org/settings/credentialing/ . "
                "Check PHYSIONET_USERNAME / PHYSIONET_PASSWORD or ~/.netrc.")
-LABELS = C.CHEXPERT_LABELS
+LABELS = CHEXPERT_LABELS
 UNINFORMATIVE = ("UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED TO ANSWER", "DECLINED TO ANSWER")
 TYPICAL_JPEG_BYTES = 600_000
 
 
 # ----------------------------------------------------------------------------- race, age
 def _coarse(value: str) -> str:
-    cls = C.race_class(value)
+    cls = race_class(value)
     if cls is not pd.NA:
         return cls
-    return "Hispanic" if C.is_hispanic(value) else f"other:{value.strip().upper()}"
+    return "Hispanic" if is_hispanic(value) else f"other:{value.strip().upper()}"
 
 
 def patient_race(admissions: pd.DataFrame, strict: bool = False) -> tuple[pd.DataFrame, list]:
@@ -76,7 +88,7 @@ def patient_race(admissions: pd.DataFrame, strict: bool = False) -> tuple[pd.Dat
         if len(keys) > 1:
             dropped.append(subject)
             continue
-        rows.append({"subject_id": subject, "race": C.race_class(originals[0]),
+        rows.append({"subject_id": subject, "race": race_class(originals[0]),
                      "race_original": " | ".join(originals)})
     return pd.DataFrame(rows, columns=["subject_id", "race", "race_original"]), dropped
 
@@ -90,19 +102,21 @@ def age_at_study(patients: pd.DataFrame, subject: pd.Series, study_date: pd.Seri
 
 # ----------------------------------------------------------------------------- access
 class Remote:
-    """Files of one PhysioNet project over HTTPS (one connection, Basic auth) or on disk."""
+    """Files of one PhysioNet project over HTTPS (one connection, host-bound auth) or on disk."""
 
-    def __init__(self, base: str, auth: Any = None, session: Any = None, net: dict | None = None):
+    def __init__(self, base: str, auth: HostBoundAuth | None = None, session: Any = None,
+                 net: dict | None = None):
         self.base, self.auth = str(base), auth
-        self.session = session or dl.make_session()
+        self.session = session or make_session()
         self.net = net or {}
 
-    def read(self, rel: str) -> bytes:
-        """Bytes of ``rel`` under the project's root."""
-        if dl.is_url(self.base):
-            return dl.read_location(dl.join_url(self.base, rel), session=self.session,
-                                    auth=self.auth, access_hint=ACCESS_HINT, **self.net)
-        return (Path(self.base).expanduser() / rel).read_bytes()
+    def read(self, rel: str, max_bytes: int | None = None) -> bytes:
+        """Bytes of ``rel`` under the project's root (at most ``max_bytes``)."""
+        if is_url(self.base):
+            return read_location(join_url(self.base, rel), session=self.session,
+                                 auth=self.auth, access_hint=ACCESS_HINT, max_bytes=max_bytes,
+                                 **self.net)
+        return read_location(Path(self.base).expanduser() / rel, max_bytes=max_bytes)
 
     def table(self, *candidates: str) -> pd.DataFrame:
         """The first of ``candidates`` (csv or csv.gz) that exists."""
@@ -110,14 +124,14 @@ class Remote:
         for rel in candidates:
             try:
                 data = self.read(rel)
-            except (FileNotFoundError, dl.DownloadError) as err:
-                if isinstance(err, dl.AccessError):
+            except (FileNotFoundError, DownloadError) as err:
+                if isinstance(err, AccessError):
                     raise
                 last = err
                 continue
-            return pd.read_csv(io.BytesIO(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data))
+            return read_table(data, f"{rel} under {redact_url(self.base)}")
         raise FileNotFoundError(f"none of {', '.join(candidates)} found under "
-                                f"{dl.redact_url(self.base)} ({last})")
+                                f"{redact_url(self.base)} ({last})")
 
 
 def image_rel(subject: int, study: int, dicom: str) -> str:
@@ -145,7 +159,7 @@ def build_table(meta: pd.DataFrame, split: pd.DataFrame, labels: pd.DataFrame,
         "patient_id": df["subject_id"].astype(str).to_numpy(),
         "study_id": df["study_id"].astype(str).to_numpy(),
         "split": df["split"].replace({"validate": "val"}).to_numpy(),
-        "view": df["ViewPosition"].to_numpy(), "sex": [C.map_sex(v) for v in sex],
+        "view": df["ViewPosition"].to_numpy(), "sex": [map_sex(v) for v in sex],
         "age": age_at_study(patients, df["subject_id"], df.get("StudyDate")),
         "race": df["race"].to_numpy(), "ethnicity": pd.NA, "bmi": np.nan,
         "site": "Beth Israel Deaconess Medical Center", "source": NAME,
@@ -155,16 +169,10 @@ def build_table(meta: pd.DataFrame, split: pd.DataFrame, labels: pd.DataFrame,
         "rel": [image_rel(s, t, d) for s, t, d in zip(df["subject_id"], df["study_id"], df["dicom_id"])],
     })
     for label in LABELS:
-        out[C.finding_column(label)] = [_label(v) for v in df.get(label, [np.nan] * len(df))]
-    out["no_finding"] = [_label(v) for v in df.get("No Finding", [np.nan] * len(df))]
+        out[finding_column(label)] = [chexpert_label(v) for v in df.get(label, [np.nan] * len(df))]
+    out["no_finding"] = [chexpert_label(v) for v in df.get("No Finding", [np.nan] * len(df))]
     out["age"] = out["age"].where((out["age"] >= 0) & (out["age"] <= 120))
     return out, dropped
-
-
-def _label(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return False
-    return {1.0: True, 0.0: False, -1.0: pd.NA}.get(float(value), pd.NA)
 
 
 def select(table: pd.DataFrame, count: int | None, wanted: list[str] | None, seed: int) -> pd.DataFrame:
@@ -172,53 +180,78 @@ def select(table: pd.DataFrame, count: int | None, wanted: list[str] | None, see
     if wanted is not None:
         names = {Path(w.strip()).stem for w in wanted if w.strip()}
         return table[table["image_id"].isin(names)]
-    return C.whole_patient_subset(table, count, seed)
+    return whole_patient_subset(table, count, seed)
 
 
 # ----------------------------------------------------------------------------- driver
-def _auth_for(*bases: str, interactive: bool | None = None) -> Any:
-    """Credentials for the first remote base (``None`` when everything is local)."""
-    remote = [b for b in bases if dl.is_url(b)]
-    if not remote:
-        return None
-    host = urlsplit(remote[0]).hostname or "physionet.org"
-    return get_credentials(host, user_env="PHYSIONET_USERNAME", password_env="PHYSIONET_PASSWORD",
-                           account_hint=ACCESS_HINT, interactive=interactive).auth()
+def credentials_for(base: str, *, interactive: bool | None = None,
+                    allow_http_loopback: bool = False) -> Credentials:
+    """Credentials for ``base``'s own host, checked to travel safely there.
+
+    ``$PHYSIONET_*`` are used only when that host is :data:`CREDENTIAL_HOST`; any other host
+    (a mirror) needs its own ``~/.netrc`` entry or a prompt. Plain HTTP is refused (except to
+    loopback with ``allow_http_loopback``) before anything is looked up or sent.
+    """
+    check_url(base)
+    check_transport(base, "PhysioNet credentials", allow_http_loopback)
+    return get_credentials(urlsplit(base).hostname or CREDENTIAL_HOST,
+                           user_env="PHYSIONET_USERNAME", password_env="PHYSIONET_PASSWORD",
+                           account_hint=ACCESS_HINT, env_host=CREDENTIAL_HOST,
+                           interactive=interactive)
+
+
+def _remotes(cxr_base: str, iv_base: str, net: dict, interactive: bool | None,
+             allow_http_loopback: bool) -> tuple[Remote, Remote]:
+    """The two projects, each with an auth bound to its own origin (one lookup per host)."""
+    session = make_session()
+    found: dict[str, Credentials] = {}
+    remotes = []
+    for base in (cxr_base, iv_base):
+        auth = None
+        if is_url(base):
+            host = urlsplit(base).hostname or ""
+            if host not in found:
+                found[host] = credentials_for(base, interactive=interactive,
+                                              allow_http_loopback=allow_http_loopback)
+            auth = found[host].bound_to(base, allow_http_loopback)
+        remotes.append(Remote(base, auth, session, net))
+    return remotes[0], remotes[1]
 
 
 def fetch_mimic(dest: str | Path | None = None, *, count: int | None = None,
                 image_list: str | Path | None = None, local: str | Path | None = None,
                 mirror: str | None = None, mimic_iv: str | None = None,
-                size: int = C.DEFAULT_SIZE, seed: int = 0, strict_race: bool = False,
-                name: str = C.DEFAULT_NAME, dry_run: bool = False, progress: bool = True,
-                retries: int = 5, backoff: float = 1.0,
-                interactive: bool | None = None) -> Path | None:
+                size: int = DEFAULT_SIZE, seed: int = 0, strict_race: bool = False,
+                name: str = DEFAULT_NAME, dry_run: bool = False, progress: bool = True,
+                retries: int = 5, backoff: float = 1.0, interactive: bool | None = None,
+                allow_http_loopback: bool = False) -> Path | None:
     """Fetch a MIMIC-CXR-JPG subset with MIMIC-IV race, sex and age; returns the manifest path.
 
     >>> # fetch_mimic(count=5000, size=256)   # needs PhysioNet credentials
     """
-    dest = C.resolve_dest(NAME, dest, name)
-    cxr_base = local or C.env_default("MIMIC_CXR_DIR") or mirror or CXR_BASE
-    iv_base = mimic_iv or IV_BASE
+    check_common(size, None, seed)
+    check_count(count, "--count")
+    dest = resolve_dest(NAME, dest, name)
+    cxr_base = str(local or env_default("MIMIC_CXR_DIR") or mirror or CXR_BASE)
+    iv_base = str(mimic_iv or IV_BASE)
     if dry_run:
         n = count or "all frontal (about 243,000)"
-        print(f"{TITLE} -> {dest}\n  images from {dl.redact_url(str(cxr_base))}, tables from "
-              f"{dl.redact_url(str(iv_base))}; {n} images, about "
-              f"{dl.human_bytes((count or 243_000) * TYPICAL_JPEG_BYTES)} to download, disk about "
-              f"{dl.human_bytes(C.estimate_disk(count or 243_000, size))}")
+        print(f"{TITLE} -> {dest}\n  images from {redact_url(cxr_base)}, tables from "
+              f"{redact_url(iv_base)}; {n} images, about "
+              f"{human_bytes((count or 243_000) * TYPICAL_JPEG_BYTES)} to download, disk about "
+              f"{human_bytes(estimate_disk(count or 243_000, size))}")
         return None
     net = {"retries": retries, "backoff": backoff}
-    session = dl.make_session()
-    auth = _auth_for(str(cxr_base), str(iv_base), interactive=interactive)
-    cxr, iv = Remote(cxr_base, auth, session, net), Remote(iv_base, auth, session, net)
+    cxr, iv = _remotes(cxr_base, iv_base, net, interactive, allow_http_loopback)
+    claim_folder(dest, NAME, size)
     table, dropped = build_table(
         cxr.table(TABLES["metadata"]), cxr.table(TABLES["split"]), cxr.table(TABLES["chexpert"]),
         iv.table("hosp/admissions.csv.gz", "core/admissions.csv.gz", "hosp/admissions.csv"),
         iv.table("hosp/patients.csv.gz", "core/patients.csv.gz", "hosp/patients.csv"), strict_race)
     wanted = Path(image_list).read_text().splitlines() if image_list else None
     chosen = select(table, count, wanted, seed)
-    dl.check_free_space(dest, C.estimate_disk(len(chosen), size))
-    keep, corrupt = _fetch_images(chosen, cxr, dest, size, progress)
+    check_free_space(dest, estimate_disk(len(chosen), size))
+    keep, corrupt, failed = _fetch_images(chosen, cxr, dest, size, progress)
     df = chosen[keep].drop(columns="rel")
     card = {"source": NAME, "title": TITLE, "size": size, "restricted": True,
             "targets": ["race", "sex", "age", "insurance"],
@@ -227,32 +260,46 @@ def fetch_mimic(dest: str | Path | None = None, *, count: int | None = None,
                           f"({'any difference' if strict_race else 'different groups'}); "
                           f"{len(dropped)} dropped"),
             "split_method": "official mimic-cxr-2.0.0-split.csv.gz"}
-    return C.finalize(df, dest, card, corrupt)
+    return finalize(df, dest, card, corrupt, failed)
 
 
-def _fetch_images(chosen: pd.DataFrame, cxr: Remote, dest: Path, size: int,
-                  progress: bool) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Download (one at a time) and convert each image; returns kept mask and failures."""
+def fetch_image(cxr: Remote, rel: str, image_id: str, out: Path, size: int) -> int:
+    """Download one JPEG and store it as a PNG (the per-image step); returns bytes fetched."""
+    data = cxr.read(rel, max_bytes=MAX_MEMBER_BYTES)
+    store_image(data, image_id, out, size)
+    return len(data)
+
+
+def _fetch_images(chosen: pd.DataFrame, cxr: Remote, dest: Path, size: int, progress: bool
+                  ) -> tuple[np.ndarray, list[tuple[str, str]], list[tuple[str, str]]]:
+    """Download (one at a time) and convert each image.
+
+    Returns the kept mask, the corrupt images and the images whose download failed (404, or
+    still 429/5xx after the retries); a refused login (401/403) or too many failures stop.
+    """
     keep = np.zeros(len(chosen), dtype=bool)
     corrupt: list[tuple[str, str]] = []
+    budget = FailureBudget(len(chosen))
     bar = tqdm(total=len(chosen), desc=NAME, unit=" img", disable=not progress)
     fetched = 0
     with bar:
         for i, (rel, path, image_id) in enumerate(zip(chosen["rel"], chosen["path"], chosen["image_id"])):
+            bar.update()
             out = dest / path
             if not out.exists():
                 try:
-                    data = cxr.read(rel)
-                    fetched += len(data)
-                    C.store_image(data, image_id, out, size)
-                except (C.CorruptImageError, FileNotFoundError) as err:
+                    fetched += fetch_image(cxr, rel, image_id, out, size)
+                except (CorruptImageError, FileNotFoundError) as err:
                     corrupt.append((image_id, str(err).split(": ", 1)[-1]))
-                    bar.update()
+                    continue
+                except AccessError:
+                    raise
+                except DownloadError as err:
+                    budget.record(image_id, str(err))
                     continue
             keep[i] = True
-            bar.update()
-            bar.set_postfix(downloaded=dl.human_bytes(fetched), refresh=False)
-    return keep, corrupt
+            bar.set_postfix(downloaded=human_bytes(fetched), refresh=False)
+    return keep, corrupt, budget.failed
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -260,23 +307,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``python -m data_fetch mimic``."""
     p = subparsers.add_parser(NAME, help=f"{TITLE}: {ACCESS}", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, f"base URL of MIMIC-CXR-JPG (default {CXR_BASE})")
-    p.add_argument("--count", type=int, default=None, help="fetch N frontal images (whole patients)")
+    add_common_args(p, f"base URL of MIMIC-CXR-JPG (default {CXR_BASE})")
+    p.add_argument("--count", type=count_arg, default=None,
+                   help="fetch N frontal images (whole patients; N >= 1)")
     p.add_argument("--list", dest="image_list", default=None,
                    help="file of image paths as in IMAGE_FILENAMES")
     p.add_argument("--local", "--source-dir", dest="local", default=None, help="local MIMIC-CXR-JPG copy ($MIMIC_CXR_DIR)")
     p.add_argument("--mimic-iv", default=None, help=f"MIMIC-IV base URL or folder (default {IV_BASE})")
     p.add_argument("--strict-race", action="store_true",
                    help="drop patients whose race strings differ at all between admissions")
+    add_http_loopback_arg(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``mimic`` subcommand."""
-    out = fetch_mimic(args.dest, count=args.count or args.limit, image_list=args.image_list,
-                      local=args.local, mirror=args.mirror, mimic_iv=args.mimic_iv,
-                      size=args.size, seed=args.seed, strict_race=args.strict_race,
-                      name=args.name, dry_run=args.dry_run, progress=not args.no_progress)
-    if out is not None:
-        C.say(f"{TITLE} ready: {out}")
-    return 0
+    return run_fetch(fetch_mimic, TITLE, args, count=args.count or args.limit,
+                     image_list=args.image_list, local=args.local, mirror=args.mirror,
+                     mimic_iv=args.mimic_iv, strict_race=args.strict_race,
+                     allow_http_loopback=args.allow_http_loopback)

@@ -5,9 +5,15 @@ PNGs (1024 x 1024) of 30,805 patients in 12 archives ``images_001.tar.gz`` ...
 ``images_012.tar.gz`` on Box (about 45 GB; the first is 2.0 GB with 4,999 images). Each
 archive is read as a stream (``tarfile`` mode ``r|gz`` over the HTTP response) and every image
 is resized while streaming, so the archive need not be kept (``--keep-archive`` keeps it).
-The MD5 is computed on the fly; the manifest is committed only if it matches (on a mismatch
-the images that came from that archive are deleted). A dropped connection resumes with a
-ranged GET; a re-run skips images already written.
+
+What is verified before an archive counts as read: every gzip member's CRC-32 and length
+(the gzip trailer), the tar end-of-archive marker, the declared ``Content-Length`` and, where
+published, the MD5; the manifest is committed only if all pass (on an MD5 or CRC mismatch the
+images that came from that archive are deleted). A dropped connection resumes with a ranged
+GET. A re-run skips images already written and re-checks the saved per-archive state against
+the disk (a deleted image makes the archive be read again). In stream mode nothing of the
+archive is kept, so after a failed run the archive is streamed again from its start
+(images already written are skipped); ``--keep-archive`` keeps a partial download that resumes.
 
 Labels, age, sex and view come from ``Data_Entry_2017_v2020.csv`` (fetched, or read from the
 gzipped copy inside the ``torchxrayvision`` package when it is installed). The official
@@ -19,9 +25,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import json
-import tarfile
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +35,20 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data_fetch import download as dl
-from data_fetch.sources import _common as C
+from data_fetch.download import (ChecksumError, DownloadError, RemoteStream, check_free_space,
+                                 human_bytes, is_url, join_url, make_session, read_location,
+                                 redact_url)
+from data_fetch.download import download as download_file
+from data_fetch.paths import atomic_write_bytes, atomic_write_text
+from data_fetch.sources.archives import ArchiveError, ArchiveTruncatedError, TarWalk
+from data_fetch.sources.cli import (checked_type, add_common_args, fraction_arg, resolve_dest,
+                                    run_fetch)
+from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, carve_val, check_common,
+                                        check_fraction, claim_folder, finalize, log,
+                                        read_table, split_patients)
+from data_fetch.sources.images import (MAX_MEMBER_BYTES, CorruptImageError, estimate_disk,
+                                       store_image)
+from data_fetch.sources.labels import finding_column, map_sex
 
 NAME = "nih"
 TITLE = "NIH ChestX-ray14"
@@ -61,6 +78,14 @@ LABELS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "No
 #: NIH names that mean the same as CheXpert/MIMIC names get the same column.
 LABEL_COLUMNS = {"Effusion": "finding_pleural_effusion"}
 SITE = "NIH Clinical Center"
+ACCESS_HINT = ("NIH ChestX-ray14 is open and needs no login: a refusal means the Box link moved "
+               "or the mirror restricts access. Check the address, or use --mirror with another "
+               "copy (https://nihcc.app.box.com/v/ChestXray-NIHCC lists the files).")
+STREAM_RESUME_HINT = ("The images already written are kept; a re-run streams the archive again "
+                      "from its start and skips them (--keep-archive keeps a partial download "
+                      "that resumes instead).")
+#: Largest Data_Entry table accepted (the real one is about 8 MB).
+MAX_TABLE_BYTES = 200_000_000
 
 
 def archive_name(number: int) -> str:
@@ -73,15 +98,14 @@ def archive_url(number: int, mirror: str | None = None) -> str:
     if not 1 <= number <= len(BOX_IDS):
         raise ValueError(f"NIH archives are numbered 1 to {len(BOX_IDS)}, got {number}")
     if mirror:
-        return dl.join_url(mirror, archive_name(number))
+        return join_url(mirror, archive_name(number))
     return BOX.format(BOX_IDS[number - 1])
 
 
 # ----------------------------------------------------------------------------- metadata
-def _read_table(data: bytes) -> pd.DataFrame:
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return pd.read_csv(io.BytesIO(data))
+def _read_table(data: bytes, origin: str) -> pd.DataFrame:
+    """The Data_Entry table from csv or csv.gz bytes; :class:`DownloadError` if unreadable."""
+    return read_table(data, f"{DATA_ENTRY} from {origin}")
 
 
 def _bundled_data_entry() -> bytes | None:
@@ -98,31 +122,49 @@ def _data_entry_fallbacks(mirror: str | None, net: dict) -> tuple[bytes, str]:
     """The table from the mirror if it has one, else torchxrayvision's copy, else the web."""
     if mirror:
         try:
-            return dl.read_location(dl.join_url(mirror, DATA_ENTRY), **net), "mirror"
-        except dl.DownloadError as err:
-            C.log.warning("no %s on the mirror (%s); trying other copies", DATA_ENTRY, err)
+            return read_location(join_url(mirror, DATA_ENTRY), **net), "mirror"
+        except DownloadError as err:
+            log.warning("no %s on the mirror (%s); trying other copies", DATA_ENTRY, err)
     bundled = _bundled_data_entry()
     if bundled is not None:
         return bundled, "torchxrayvision package"
-    return dl.read_location(DATA_ENTRY_URL, **net), DATA_ENTRY_URL
+    return read_location(DATA_ENTRY_URL, **net), DATA_ENTRY_URL
+
+
+def _cached_data_entry(cached: Path) -> pd.DataFrame | None:
+    """The cached table, or None (a damaged cache is deleted so it is fetched again)."""
+    if not cached.exists():
+        return None
+    try:
+        return _read_table(cached.read_bytes(), "cache")
+    except DownloadError as err:
+        log.warning("%s; deleting the cache and fetching it again", err)
+        cached.unlink(missing_ok=True)
+        return None
 
 
 def load_data_entry(location: str | None, mirror: str | None, cache: Path,
                     **net: Any) -> tuple[pd.DataFrame, str]:
-    """The Data_Entry table and where it came from (explicit path/URL, mirror, package, web)."""
+    """The Data_Entry table and where it came from (explicit path/URL, mirror, package, web).
+
+    The cache is written under a temporary name and renamed once complete; a cache that does
+    not read back (a full disk, an interrupted older version) is replaced.
+    """
     cached = cache / f"{DATA_ENTRY}.gz"
-    if location is None and cached.exists():
-        return _read_table(cached.read_bytes()), "cache"
+    if location is None:
+        table = _cached_data_entry(cached)
+        if table is not None:
+            return table, "cache"
+    net = {**net, "max_bytes": MAX_TABLE_BYTES}
     if location is not None:
-        data, origin = dl.read_location(location, **net), dl.redact_url(str(location))
+        data, origin = read_location(location, **net), redact_url(str(location))
     else:
         data, origin = _data_entry_fallbacks(mirror, net)
-    table = _read_table(data)
+    table = _read_table(data, origin)
     missing = {"Image Index", "Finding Labels", "Patient ID"} - set(table.columns)
     if missing:
-        raise dl.DownloadError(f"{DATA_ENTRY} from {origin} lacks column(s) {sorted(missing)}")
-    cache.mkdir(parents=True, exist_ok=True)
-    cached.write_bytes(gzip.compress(table.to_csv(index=False).encode()))
+        raise DownloadError(f"{DATA_ENTRY} from {origin} lacks column(s) {sorted(missing)}")
+    atomic_write_bytes(cached, gzip.compress(table.to_csv(index=False).encode()))
     return table, origin
 
 
@@ -132,8 +174,8 @@ def load_lists(location: str | None, **net: Any) -> tuple[set[str], set[str]] | 
         return None
     sets = []
     for name in LIST_FILES:
-        where = dl.join_url(location, name) if dl.is_url(location) else Path(location) / name
-        text = dl.read_location(where, **net).decode()
+        where = join_url(location, name) if is_url(location) else Path(location) / name
+        text = read_location(where, **net).decode(errors="replace")
         sets.append({line.strip() for line in text.splitlines() if line.strip()})
     return sets[0], sets[1]
 
@@ -145,8 +187,8 @@ def _official_lists(lists: str | None, mirror: str | None,
         return load_lists(lists, **net)
     try:
         return load_lists(mirror, **net)
-    except dl.DownloadError as err:
-        C.log.warning("official split lists not found on the mirror (%s); "
+    except DownloadError as err:
+        log.warning("official split lists not found on the mirror (%s); "
                       "using a random patient-level split", err)
         return None
 
@@ -154,13 +196,18 @@ def _official_lists(lists: str | None, mirror: str | None,
 # ----------------------------------------------------------------------------- streaming
 @dataclass
 class ArchiveResult:
-    """What one archive gave: image names written, whether its MD5 was checked."""
+    """What one archive gave: image names written and what was verified.
+
+    ``intact``: gzip CRC-32/length, tar end marker and Content-Length checked; ``verified``:
+    the published MD5 matched; ``complete``: every member was read (no ``--limit`` cut).
+    """
 
     number: int
     images: list[str] = field(default_factory=list)
     excluded: list[tuple[str, str]] = field(default_factory=list)
     verified: bool = False
     complete: bool = False
+    intact: bool = False
     md5: str | None = None
 
 
@@ -172,38 +219,75 @@ def _load_state(dest: Path, number: int) -> ArchiveResult | None:
     path = _state_path(dest, number)
     if not path.exists():
         return None
-    raw = json.loads(path.read_text())
-    raw["excluded"] = [tuple(x) for x in raw.get("excluded", [])]
-    return ArchiveResult(**raw)
+    try:
+        raw = json.loads(path.read_text())
+        raw["excluded"] = [tuple(x) for x in raw.get("excluded", [])]
+        return ArchiveResult(**raw)
+    except (ValueError, TypeError, OSError):
+        log.warning("%s: saved state unreadable; the archive is read again", archive_name(number))
+        return None
+
+
+def _state_still_true(state: ArchiveResult, dest: Path, md5: str | None) -> bool:
+    """Whether a saved state still describes the disk (else it is deleted)."""
+    problem = None
+    if not (state.complete and state.intact) or state.verified != bool(md5):
+        problem = "was not verified in full"
+    elif len(set(state.images)) != len(state.images):
+        problem = "lists an image twice"
+    else:
+        gone = [n for n in state.images if not (dest / "images" / n).is_file()]
+        if gone:
+            problem = f"lists {len(gone)} image(s) no longer on disk (e.g. {gone[0]})"
+    if problem is None:
+        return True
+    log.warning("%s: saved state %s; reading the archive again", archive_name(state.number), problem)
+    _state_path(dest, state.number).unlink(missing_ok=True)
+    return False
 
 
 def _save_state(dest: Path, result: ArchiveResult) -> None:
-    path = _state_path(dest, result.number)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.__dict__))
-    tmp.replace(path)
+    atomic_write_text(_state_path(dest, result.number), json.dumps(result.__dict__))
 
 
-def _walk_tar(tar: tarfile.TarFile, dest: Path, size: int, budget: int | None,
-              result: ArchiveResult, bar: tqdm) -> bool:
-    """Resize every PNG of ``tar`` into ``dest/images``; False if stopped by ``budget``."""
-    for member in tar:
+def render_member(data: bytes, name: str, out: Path, size: int) -> None:
+    """Turn one archive member into a stored PNG (the per-image step a worker pool can map)."""
+    store_image(data, name, out, size)
+
+
+def _take_member(walk: TarWalk, member: Any, dest: Path, size: int, taken: set[str],
+                 result: ArchiveResult) -> None:
+    """Store one PNG member unless it is a duplicate name, too large or undecodable."""
+    name = Path(member.name).name
+    if name in taken:
+        result.excluded.append((name, f"a second file named {name} ({member.name}); left out"))
+        return
+    if member.size > MAX_MEMBER_BYTES:
+        result.excluded.append((name, f"{member.size / 1e6:.0f} MB, over the "
+                                      f"{MAX_MEMBER_BYTES / 1e6:.0f} MB cap; not read"))
+        return
+    out = dest / "images" / name
+    if not out.exists():
+        try:
+            render_member(walk.extract(member), name, out, size)
+        except CorruptImageError as err:
+            result.excluded.append((name, str(err).split(": ", 1)[-1]))
+            return
+    taken.add(name)
+    result.images.append(name)
+
+
+def _walk_archive(walk: TarWalk, dest: Path, size: int, budget: int | None,
+                  result: ArchiveResult, taken: set[str], bar: tqdm) -> bool:
+    """Resize every PNG of the archive into ``dest/images``; False if stopped by ``budget``."""
+    for member in walk:
         if not (member.isfile() and member.name.lower().endswith(".png")):
             continue
         if budget is not None and len(result.images) >= budget:
             return False
-        name = Path(member.name).name
-        out = dest / "images" / name
-        if not out.exists():
-            handle = tar.extractfile(member)
-            try:
-                C.store_image(handle.read() if handle else b"", name, out, size)
-            except C.CorruptImageError as err:
-                result.excluded.append((name, str(err).split(": ", 1)[-1]))
-                continue
-        result.images.append(name)
+        _take_member(walk, member, dest, size, taken, result)
         bar.set_postfix(images=len(result.images), refresh=False)
+    walk.verify_end()
     return True
 
 
@@ -212,35 +296,69 @@ def _delete_images(dest: Path, names: list[str]) -> None:
         (dest / "images" / name).unlink(missing_ok=True)
 
 
-def stream_archive(number: int, dest: Path, *, size: int, budget: int | None,
-                   mirror: str | None, keep_archive: bool, progress: bool,
-                   md5: str | None, **net: Any) -> ArchiveResult:
-    """Stream archive ``number`` into resized PNGs under ``dest/images``; verify its MD5."""
-    url = archive_url(number, mirror)
-    result = ArchiveResult(number, md5=md5)
-    if keep_archive:
-        path = dl.download(url, dest / "archives" / archive_name(number), md5=md5,
-                           progress=progress, **net)
-        with tarfile.open(path, mode="r:gz") as tar, \
+def _read_kept_archive(path: Path, number: int, dest: Path, size: int, budget: int | None,
+                       result: ArchiveResult, taken: set[str], progress: bool) -> None:
+    """Walk a downloaded archive; a damaged one is deleted so a re-run downloads it afresh."""
+    try:
+        with open(path, "rb") as raw, \
                 tqdm(desc=archive_name(number), unit=" img", disable=not progress) as bar:
-            result.complete = _walk_tar(tar, dest, size, budget, result, bar)
-        result.verified = bool(md5)
-        return result
+            result.complete = _walk_archive(TarWalk(raw, archive_name(number)), dest, size,
+                                            budget, result, taken, bar)
+    except ArchiveError as err:
+        path.unlink(missing_ok=True)
+        raise ArchiveError(f"{err}. The kept archive was deleted; run again to download it "
+                           "afresh.") from None
+    result.intact = result.complete
+
+
+def _stream(url: str, number: int, dest: Path, size: int, budget: int | None,
+            result: ArchiveResult, taken: set[str], progress: bool, net: dict) -> RemoteStream:
+    """Stream the archive over HTTP into images; returns the (closed) stream for its digests."""
     bar = tqdm(desc=archive_name(number), unit="B", unit_scale=True, unit_divisor=1024,
                disable=not progress)
-    with bar, dl.RemoteStream(url, progress=bar, **net) as stream:
-        with tarfile.open(fileobj=stream, mode="r|gz") as tar:
-            result.complete = _walk_tar(tar, dest, size, budget, result, bar)
+    with bar, RemoteStream(url, progress=bar, resume_hint=STREAM_RESUME_HINT, **net) as stream:
+        try:
+            result.complete = _walk_archive(TarWalk(stream, archive_name(number)), dest, size,
+                                            budget, result, taken, bar)
+        except ArchiveTruncatedError as err:
+            raise ArchiveTruncatedError(f"{err}. {STREAM_RESUME_HINT}") from None
+        except ArchiveError as err:
+            _delete_images(dest, result.images)  # damaged data: trust none of it
+            raise ArchiveError(f"{err}. The {len(result.images)} image(s) made from it were "
+                               "deleted and no manifest was written.") from None
         if result.complete:
             stream.drain()
-            got = stream.digests()["md5"]
-            if md5 and got != md5.lower():
-                _delete_images(dest, result.images)
-                raise dl.ChecksumError(
-                    f"MD5 mismatch for {archive_name(number)}: expected {md5}, got {got}. "
-                    f"The {len(result.images)} image(s) made from it were deleted and no manifest "
-                    "was written; run again to download afresh.")
-            result.verified = bool(md5)
+            stream.check_complete()
+            result.intact = True
+    return stream
+
+
+def stream_archive(number: int, dest: Path, *, size: int, budget: int | None,
+                   mirror: str | None, keep_archive: bool, progress: bool,
+                   md5: str | None, taken: set[str] | None = None, **net: Any) -> ArchiveResult:
+    """Read archive ``number`` into resized PNGs under ``dest/images``, verifying it whole.
+
+    ``taken`` holds image names already used by earlier archives (a duplicate is left out).
+    """
+    url = archive_url(number, mirror)
+    taken = set() if taken is None else taken
+    result = ArchiveResult(number, md5=md5)
+    if keep_archive:
+        path = download_file(url, dest / "archives" / archive_name(number), md5=md5,
+                             progress=progress, **net)
+        _read_kept_archive(path, number, dest, size, budget, result, taken, progress)
+        result.verified = bool(md5)
+        return result
+    stream = _stream(url, number, dest, size, budget, result, taken, progress, net)
+    if result.complete and md5:
+        got = stream.digests()["md5"]
+        if got != md5.lower():
+            _delete_images(dest, result.images)
+            raise ChecksumError(
+                f"MD5 mismatch for {archive_name(number)}: expected {md5}, got {got}. "
+                f"The {len(result.images)} image(s) made from it were deleted and no manifest "
+                "was written; run again to download afresh.")
+        result.verified = True
     return result
 
 
@@ -267,13 +385,13 @@ def build_manifest(names: list[str], entry: pd.DataFrame,
         "study_id": [Path(n).stem for n in known],
         "view": rows["View Position"].where(rows["View Position"].isin(["PA", "AP"])).to_numpy()
         if "View Position" in rows else pd.NA,
-        "sex": [C.map_sex(v) for v in rows.get("Patient Gender", pd.Series([pd.NA] * len(rows)))],
+        "sex": [map_sex(v) for v in rows.get("Patient Gender", pd.Series([pd.NA] * len(rows)))],
         "age": _age(rows["Patient Age"]).to_numpy() if "Patient Age" in rows else np.nan,
         "race": pd.NA, "ethnicity": pd.NA, "bmi": np.nan, "site": SITE, "source": NAME,
         "labels_original": rows["Finding Labels"].to_numpy(),
     })
     for label in LABELS:
-        df[LABEL_COLUMNS.get(label, C.finding_column(label))] = [label in ls for ls in labels]
+        df[LABEL_COLUMNS.get(label, finding_column(label))] = [label in ls for ls in labels]
     df["no_finding"] = ["No Finding" in ls for ls in labels]
     df["split"], method = _splits(df, lists, val_fraction, seed)
     return df, excluded, method
@@ -282,13 +400,13 @@ def build_manifest(names: list[str], entry: pd.DataFrame,
 def _splits(df: pd.DataFrame, lists: tuple[set[str], set[str]] | None,
             val_fraction: float, seed: int) -> tuple[list[str], str]:
     if lists is None:
-        split = C.split_patients(df["patient_id"], seed)
+        split = split_patients(df["patient_id"], seed)
         return [split[p] for p in df["patient_id"]], "random patient-level 60/10/30 (official lists not given)"
     train_val, test = lists
     files = [Path(p).name for p in df["path"]]
     is_test = pd.Series([f in test for f in files])
     test_patients = set(df.loc[is_test.to_numpy(), "patient_id"])
-    carve = C.carve_val(sorted(set(df["patient_id"]) - test_patients), val_fraction, seed)
+    carve = carve_val(sorted(set(df["patient_id"]) - test_patients), val_fraction, seed)
     splits = ["test" if p in test_patients else carve[p] for p in df["patient_id"]]
     return splits, f"official test_list.txt; val = {val_fraction:.0%} of train_val patients"
 
@@ -301,16 +419,27 @@ def plan(archives: list[int], size: int, limit: int | None, keep_archive: bool,
     n_images = sum(ARCHIVE_IMAGES.get(a, TYPICAL_IMAGES) for a in archives)
     if limit is not None:
         n_images = min(n_images, limit)
-    disk = C.estimate_disk(n_images, size, download_bytes if keep_archive else 0)
-    return {"urls": [dl.redact_url(archive_url(a, mirror)) for a in archives],
+    disk = estimate_disk(n_images, size, download_bytes if keep_archive else 0)
+    return {"urls": [redact_url(archive_url(a, mirror)) for a in archives],
             "download_bytes": download_bytes, "images": n_images, "disk_bytes": disk}
 
 
+def _check_options(archives: list[int], size: int, limit: int | None, seed: int,
+                   val_fraction: float, mirror: str | None) -> None:
+    """Every option checked before any network (archive numbers, sizes, fractions, mirror)."""
+    check_common(size, limit, seed)
+    check_fraction(val_fraction, "--val-fraction")
+    if not archives:
+        raise ValueError("--archives names no archive; give numbers 1 to 12, e.g. 1 or 1-3")
+    for number in archives:
+        archive_url(number, mirror)
+
+
 def fetch_nih(dest: str | Path | None = None, *, archives: list[int] | tuple[int, ...] = (1,),
-              size: int = C.DEFAULT_SIZE, limit: int | None = None, mirror: str | None = None,
+              size: int = DEFAULT_SIZE, limit: int | None = None, mirror: str | None = None,
               data_entry: str | None = None, lists: str | None = None,
               keep_archive: bool = False, val_fraction: float = 0.1, seed: int = 0,
-              name: str = C.DEFAULT_NAME, dry_run: bool = False, progress: bool = True,
+              name: str = DEFAULT_NAME, dry_run: bool = False, progress: bool = True,
               retries: int = 5, backoff: float = 1.0,
               md5: dict[int, str] | None = None) -> Path | None:
     """Prepare NIH ChestX-ray14 archives as resized PNGs plus a manifest; returns its path.
@@ -322,14 +451,17 @@ def fetch_nih(dest: str | Path | None = None, *, archives: list[int] | tuple[int
     >>> # fetch_nih(archives=[1], size=256, limit=2000)   # about 2 GB streamed, 2,000 PNGs kept
     """
     archives = sorted(set(int(a) for a in archives))
-    dest = C.resolve_dest(NAME, dest, name)
+    _check_options(archives, size, limit, seed, val_fraction, mirror)
+    dest = resolve_dest(NAME, dest, name)
     sums = {**ARCHIVE_MD5, **(md5 or {})}
     work = plan(archives, size, limit, keep_archive, mirror)
     if dry_run:
         _print_plan(work, dest)
         return None
-    dl.check_free_space(dest, work["disk_bytes"])
-    net = {"retries": retries, "backoff": backoff}
+    claim_folder(dest, NAME, size)
+    check_free_space(dest, work["disk_bytes"])
+    net = {"retries": retries, "backoff": backoff, "session": make_session(),
+           "access_hint": ACCESS_HINT}
     entry, entry_origin = load_data_entry(data_entry, mirror, dest / "_meta", **net)
     official = _official_lists(lists, mirror, net)
     results = _run_archives(archives, dest, size, limit, mirror, keep_archive, progress, sums, net)
@@ -339,36 +471,54 @@ def fetch_nih(dest: str | Path | None = None, *, archives: list[int] | tuple[int
             "citation": "Wang et al. 2017, CVPR (ChestX-ray8/14)", "data_entry": entry_origin,
             "split_method": method,
             "archives": {archive_name(r.number): {"md5_verified": r.verified,
+                                                  "gzip_and_tar_verified": r.intact,
                                                   "read_completely": r.complete}
                          for r in results}}
     excluded = [x for r in results for x in r.excluded] + missing
-    return C.finalize(df, dest, card, excluded)
+    return finalize(df, dest, card, excluded)
+
+
+def _archive_once(number: int, dest: Path, budget: int | None, taken: set[str],
+                  options: dict) -> ArchiveResult:
+    """The saved result of archive ``number`` if still true on disk, else a fresh read."""
+    md5 = options["sums"].get(number)
+    state = _load_state(dest, number)
+    if state is not None and _state_still_true(state, dest, md5):
+        taken.update(state.images)
+        return state
+    try:
+        result = stream_archive(number, dest, size=options["size"], budget=budget,
+                                mirror=options["mirror"], keep_archive=options["keep_archive"],
+                                progress=options["progress"], md5=md5, taken=taken,
+                                **options["net"])
+    except KeyboardInterrupt:
+        if not options["keep_archive"]:
+            print(f"note: {archive_name(number)} was being streamed; {STREAM_RESUME_HINT}",
+                  file=sys.stderr)
+        raise
+    if result.complete:
+        _save_state(dest, result)
+        if not result.verified:
+            log.warning("%s: no published MD5; integrity checked by the gzip CRC-32 and length, "
+                        "the tar end-of-archive marker and the Content-Length", archive_name(number))
+    else:
+        log.warning("%s read only in part (--limit): its checksums could not be checked",
+                    archive_name(number))
+    return result
 
 
 def _run_archives(archives: list[int], dest: Path, size: int, limit: int | None,
                   mirror: str | None, keep_archive: bool, progress: bool,
                   sums: dict[int, str], net: dict) -> list[ArchiveResult]:
+    options = {"size": size, "mirror": mirror, "keep_archive": keep_archive,
+               "progress": progress, "sums": sums, "net": net}
     results: list[ArchiveResult] = []
+    taken: set[str] = set()
     for number in archives:
         budget = None if limit is None else limit - sum(len(r.images) for r in results)
         if budget is not None and budget <= 0:
             break
-        state = _load_state(dest, number)
-        if state and state.complete and state.verified == bool(sums.get(number)):
-            results.append(state)
-            continue
-        result = stream_archive(number, dest, size=size, budget=budget, mirror=mirror,
-                                keep_archive=keep_archive, progress=progress,
-                                md5=sums.get(number), **net)
-        if result.complete:
-            _save_state(dest, result)
-        if result.complete and not result.verified:
-            C.log.warning("%s: no published checksum, integrity checked by gzip only",
-                          archive_name(number))
-        if not result.complete:
-            C.log.warning("%s read only in part (--limit): its MD5 could not be checked",
-                          archive_name(number))
-        results.append(result)
+        results.append(_archive_once(number, dest, budget, taken, options))
     return results
 
 
@@ -376,46 +526,49 @@ def _print_plan(work: dict[str, Any], dest: Path) -> None:
     print(f"NIH ChestX-ray14 -> {dest}")
     for url in work["urls"]:
         print(f"  stream {url}")
-    print(f"  download about {dl.human_bytes(work['download_bytes'])}, keep about "
-          f"{work['images']} images, disk needed about {dl.human_bytes(work['disk_bytes'])}")
+    print(f"  download about {human_bytes(work['download_bytes'])}, keep about "
+          f"{work['images']} images, disk needed about {human_bytes(work['disk_bytes'])}")
 
 
 # ----------------------------------------------------------------------------- CLI
+def parse_archives(text: str) -> list[int]:
+    """``'1,3-4'`` -> ``[1, 3, 4]``; ValueError naming the problem for anything else."""
+    numbers: list[int] = []
+    try:
+        for part in str(text).split(","):
+            if "-" in part.strip()[1:]:
+                low, high = part.split("-", 1)
+                numbers.extend(range(int(low), int(high) + 1))
+            elif part.strip():
+                numbers.append(int(part))
+    except ValueError:
+        raise ValueError(f"--archives must list numbers 1 to {len(BOX_IDS)} like 1 or 1,3-4, "
+                         f"got {text!r}") from None
+    bad = [n for n in numbers if not 1 <= n <= len(BOX_IDS)]
+    if bad or not numbers:
+        raise ValueError(f"--archives must list numbers 1 to {len(BOX_IDS)} like 1 or 1,3-4, "
+                         f"got {text!r}")
+    return numbers
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``python -m data_fetch nih``."""
     p = subparsers.add_parser(NAME, help=f"{TITLE}: {ACCESS}", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, "base URL holding images_NNN.tar.gz, the Data_Entry csv and list files")
-    p.add_argument("--archives", default="1",
+    add_common_args(p, "base URL holding images_NNN.tar.gz, the Data_Entry csv and list files")
+    p.add_argument("--archives", default=[1], type=checked_type(parse_archives, str),
                    help="archive numbers 1-12, e.g. '1' or '1,2' or '1-3' (default: 1, 2 GB)")
     p.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz files")
     p.add_argument("--data-entry", default=None, help=f"path or URL of {DATA_ENTRY}(.gz)")
     p.add_argument("--lists", default=None,
                    help="folder or URL with train_val_list.txt and test_list.txt")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--val-fraction", type=fraction_arg, default=0.1,
                    help="share of train_val patients used for validation (default: 0.1)")
     return p
 
 
-def parse_archives(text: str) -> list[int]:
-    """``'1,3-4'`` -> ``[1, 3, 4]``."""
-    numbers: list[int] = []
-    for part in str(text).split(","):
-        if "-" in part:
-            low, high = part.split("-", 1)
-            numbers.extend(range(int(low), int(high) + 1))
-        elif part.strip():
-            numbers.append(int(part))
-    return numbers
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the ``nih`` subcommand."""
-    out = fetch_nih(args.dest, archives=parse_archives(args.archives), size=args.size,
-                    limit=args.limit, mirror=args.mirror, data_entry=args.data_entry,
-                    lists=args.lists, keep_archive=args.keep_archive,
-                    val_fraction=args.val_fraction, seed=args.seed, name=args.name,
-                    dry_run=args.dry_run, progress=not args.no_progress)
-    if out is not None:
-        C.say(f"NIH ChestX-ray14 ready: {out}")
-    return 0
+    return run_fetch(fetch_nih, TITLE, args, archives=args.archives, limit=args.limit,
+                     mirror=args.mirror, data_entry=args.data_entry, lists=args.lists,
+                     keep_archive=args.keep_archive, val_fraction=args.val_fraction)
