@@ -23,17 +23,9 @@ from cxrlab.presets import Preset, get_preset
 from cxrlab.train import pick_device, seed_everything
 from data_fetch.manifest import finding_columns, read_card, read_manifest
 from data_fetch.paths import data_root
+from data_fetch.sources import fetch_hint
 
-REAL_SOURCES = ("nih", "covid19_ar", "chexpert", "mimic")
 BINARY_TARGETS = {"sex": ("sex", ["F", "M"]), "no_finding": ("no_finding", ["finding", "no finding"])}
-FETCH_HINTS = {
-    "nih": "python -m data_fetch nih --max-images 2000      (open; first archive, 2 GB)",
-    "covid19_ar": "python -m data_fetch covid19_ar             (open, CC BY 4.0)",
-    "chexpert": "python -m data_fetch chexpert --source-dir /path/to/CheXpert   "
-                "(or --url <your signed URL>; research use agreement)",
-    "mimic": "python -m data_fetch mimic --source-dir /path/to/mimic-cxr-jpg   "
-             "(or --count 2000 with PhysioNet credentials)",
-}
 
 
 @dataclass
@@ -176,7 +168,7 @@ def find_prepared(source: str, dataset: str | None = None) -> Path:
         return candidates[0]
     named = f" named {dataset!r}" if dataset else ""
     found = f" (found: {', '.join(p.name for p in candidates)})" if candidates else ""
-    hint = FETCH_HINTS.get(source, f"python -m data_fetch {source}")
+    hint = fetch_hint(source)
     raise FileNotFoundError(
         f"no prepared {source} dataset{named} under {root}{found}.\n"
         f"Prepare it first, for example:\n    {hint}\n"

@@ -27,12 +27,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from data_fetch.sources import TRACKS
+
 GIB = 1024 ** 3
 
 #: Distributions whose versions the report lists (read from package metadata, no import).
 KEY_LIBRARIES: tuple[str, ...] = (
     "torch", "torchvision", "numpy", "pandas", "scipy", "scikit-learn", "matplotlib",
-    "pillow", "pydicom", "captum", "fairlearn", "ipywidgets", "nbgrader",
+    "pillow", "pydicom", "captum", "fairlearn", "ipywidgets",
 )
 
 #: Hosts the open tracks download from (checked only on request; port 443).
@@ -55,7 +57,7 @@ RESTRICTED_TRACK_ENV: dict[str, dict[str, tuple[str, ...]]] = {
 }
 NETRC_HOSTS: dict[str, str] = {"mimic": "physionet.org"}
 
-ALL_TRACKS = ("synthetic", "nih", "covid19_ar", "chexpert", "mimic")
+ALL_TRACKS = TRACKS  # from the one registry of sources
 
 
 @dataclass

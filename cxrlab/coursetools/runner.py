@@ -29,8 +29,8 @@ from typing import Any
 import nbformat
 
 from cxrlab.results import merge_into_json
+from data_fetch.sources import RESTRICTED_SOURCES
 
-RESTRICTED_SOURCES = frozenset({"mimic", "chexpert"})
 RESULTS_SECTION = "course"
 DEFAULT_PATTERN = "ch*.ipynb"
 

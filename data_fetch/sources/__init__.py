@@ -7,8 +7,13 @@ the shared options; the shared pieces live in ``cli``, ``images``, ``labels``, `
 ``archives`` (``_common`` re-exports them). Modules are imported only when used, so ``--help``
 stays fast.
 
+This registry is the one place that says which sources exist, how they are reached and which
+hold restricted data; cxrlab derives its lists from it.
+
 >>> [s.name for s in SOURCES.values()]
 ['nih', 'covid19_ar', 'chexpert', 'mimic']
+>>> sorted(RESTRICTED_SOURCES), TRACKS[0]
+(['chexpert', 'mimic'], 'synthetic')
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ class SourceInfo:
     title: str
     access: str
     module: str
+    fetch_hint: str
+    restricted: bool = False
 
     def load(self) -> ModuleType:
         """Import the source's module."""
@@ -34,18 +41,39 @@ class SourceInfo:
 SOURCES: dict[str, SourceInfo] = {
     s.name: s for s in (
         SourceInfo("nih", "NIH ChestX-ray14", "open, no login; about 2 GB per archive",
-                   "data_fetch.sources.nih"),
+                   "data_fetch.sources.nih",
+                   "python -m data_fetch nih --max-images 2000      (open; first archive, 2 GB)"),
         SourceInfo("covid19_ar", "TCIA COVID-19-AR",
                    "open (CC BY 4.0) via Imaging Data Commons; about 262 radiographs",
-                   "data_fetch.sources.covid19_ar"),
+                   "data_fetch.sources.covid19_ar",
+                   "python -m data_fetch covid19_ar             (open, CC BY 4.0)"),
         SourceInfo("chexpert", "CheXpert (Stanford AIMI)",
                    "free registration + research use agreement; a local copy or signed URL",
-                   "data_fetch.sources.chexpert"),
+                   "data_fetch.sources.chexpert",
+                   "python -m data_fetch chexpert --source-dir /path/to/CheXpert   "
+                   "(or $CHEXPERT_URL with your signed URL; research use agreement)",
+                   restricted=True),
         SourceInfo("mimic", "MIMIC-CXR-JPG 2.1.0 + MIMIC-IV",
                    "PhysioNet credentialed account + signed data use agreements",
-                   "data_fetch.sources.mimic"),
+                   "data_fetch.sources.mimic",
+                   "python -m data_fetch mimic --source-dir /path/to/mimic-cxr-jpg   "
+                   "(or --count 2000 with PhysioNet credentials)",
+                   restricted=True),
     )
 }
+
+#: the real sources, in the order the course presents them.
+REAL_SOURCES: tuple[str, ...] = tuple(SOURCES)
+#: sources whose images and rows must never appear in shareable outputs.
+RESTRICTED_SOURCES: frozenset[str] = frozenset(n for n, s in SOURCES.items() if s.restricted)
+#: every data track a chapter can run on: the offline synthetic cohort, then the real sources.
+TRACKS: tuple[str, ...] = ("synthetic", *REAL_SOURCES)
+
+
+def fetch_hint(name: str) -> str:
+    """The command that prepares a dataset of source ``name``."""
+    info = SOURCES.get(name)
+    return info.fetch_hint if info else f"python -m data_fetch {name}"
 
 
 def get_source(name: str) -> ModuleType:
