@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.presets import Preset, get_preset
+from cxrlab.core.targets import TARGETS, Target, target_spec
 from cxrlab.train import pick_device, seed_everything
 from data_fetch.manifest import finding_columns, read_card, read_manifest
 from data_fetch.paths import data_root
 from data_fetch.sources import fetch_hint
 
-BINARY_TARGETS = {"sex": ("sex", ["F", "M"]), "no_finding": ("no_finding", ["finding", "no finding"])}
 
 
 @dataclass
@@ -87,19 +87,16 @@ class Session:
         """Row positions of split ``name`` (for ``S.images[...]``)."""
         return np.flatnonzero((self.manifest["split"] == name).to_numpy())
 
+    def target(self, target: str = "race") -> Target:
+        """The :class:`~cxrlab.core.targets.Target` called ``target`` in this dataset."""
+        spec = target_spec(target, self.finding_columns)
+        if target.startswith("finding_") and target not in self.finding_columns:
+            raise ValueError(_unknown_target(target, self.finding_columns))
+        return spec
+
     def class_names(self, target: str = "race") -> list[str]:
         """Names of the classes of ``target`` (race, sex, no_finding, findings, finding_*)."""
-        if target == "race":
-            return list(self.classes)
-        if target in BINARY_TARGETS:
-            return list(BINARY_TARGETS[target][1])
-        if target == "findings":
-            return [c.removeprefix("finding_") for c in self.finding_columns]
-        if target in self.finding_columns:
-            return ["absent", "present"]
-        if target == "age":
-            return ["age"]
-        raise ValueError(_unknown_target(target, self.finding_columns))
+        return self.target(target).class_names(self.classes, self.finding_columns)
 
     def targets(self, target: str = "race") -> np.ndarray:
         """Targets aligned with ``manifest`` rows.
@@ -107,24 +104,9 @@ class Session:
         ``race``: int class indices into :attr:`classes`; ``sex`` (M = 1), ``no_finding`` and
         ``finding_*``: 0/1 ints; missing values are -1. ``age``: float years (NaN missing).
         ``findings``: float ``(N, K)`` over the finding columns (NaN missing).
+        (:data:`cxrlab.core.targets.TARGETS` says the same for each target.)
         """
-        df = self.manifest
-        if target == "race":
-            lookup = {c: i for i, c in enumerate(self.classes)}
-            return np.array([lookup.get(v, -1) if isinstance(v, str) else -1
-                             for v in df["race"].astype(object)], dtype=np.int64)
-        if target == "sex":
-            return df["sex"].map({"F": 0, "M": 1}).fillna(-1).astype("int64").to_numpy()
-        if target == "no_finding" or target in self.finding_columns:
-            return df[target].astype("Int64").fillna(-1).to_numpy(dtype=np.int64)
-        if target == "age":
-            return df["age"].astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
-        if target == "findings":
-            cols = self.finding_columns
-            if not cols:
-                raise ValueError("this dataset has no finding_* columns")
-            return df[cols].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
-        raise ValueError(_unknown_target(target, self.finding_columns))
+        return self.target(target).values(self.manifest, self.classes, self.finding_columns)
 
     def describe(self) -> str:
         """The one-line "what runs where" note."""
@@ -138,7 +120,7 @@ class Session:
 
 
 def _unknown_target(target: str, findings: list[str]) -> str:
-    options = ["race", "sex", "age", "no_finding", "findings", *findings]
+    options = [*TARGETS, *findings]
     return f"unknown target {target!r}; choose one of {', '.join(options)}"
 
 

@@ -27,12 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrlab.core.targets import target_spec, task_spec
 from cxrlab.datasets import CXRDataset
 from cxrlab.models import build_model
 from cxrlab.train import History, fit, predict, release_unused_memory, save_checkpoint, seed_everything
 
-TASK_OF_TARGET = {"race": "multiclass", "sex": "binary", "no_finding": "binary",
-                  "age": "regression", "findings": "multilabel"}
 # Training images per second on 2 CPU cores at 64 px, augmentation included (bench/README.md,
 # 2026-11-28, channels-last models); scaled by pixel count.
 CPU_IMAGES_PER_S_64PX = {"smallcnn": 1000, "resnet18": 170, "resnet34": 90, "densenet121": 85}
@@ -75,12 +74,8 @@ class TrainedModel:
 
 
 def task_for(target: str) -> str:
-    """The training task of a target (``finding_*`` columns are binary)."""
-    if target in TASK_OF_TARGET:
-        return TASK_OF_TARGET[target]
-    if target.startswith("finding_"):
-        return "binary"
-    raise ValueError(f"no default task for target {target!r}; pass task=")
+    """The training task of a target (``finding_*`` columns are binary; see ``targets``)."""
+    return target_spec(target).task
 
 
 def _slug(text: str) -> str:
@@ -97,24 +92,12 @@ def model_key(session, target: str, variant: str = "clean",
     return _slug(key)
 
 
-def _known(targets: np.ndarray, task: str) -> np.ndarray:
-    if task == "regression":
-        return ~np.isnan(targets)
-    if task == "multilabel":
-        return ~np.all(np.isnan(targets), axis=1)
-    return targets >= 0
-
-
 def _rows(session, split: str, targets: np.ndarray, task: str,
           train_filter: np.ndarray | None) -> np.ndarray:
-    mask = (session.manifest["split"] == split).to_numpy() & _known(targets, task)
+    mask = (session.manifest["split"] == split).to_numpy() & task_spec(task).known(targets)
     if train_filter is not None and split != "test":
         mask &= np.asarray(train_filter, bool)
     return np.flatnonzero(mask)
-
-
-def _typed_targets(targets: np.ndarray, task: str) -> np.ndarray:
-    return targets.astype(np.int64) if task == "multiclass" else targets.astype(np.float32)
 
 
 def estimate_seconds(arch: str, image_size: int, n_images: int, epochs: int,
@@ -135,10 +118,6 @@ def predict_rows(model: nn.Module, images: np.ndarray, rows: np.ndarray,
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
-def _n_outputs(task: str, classes: list[str]) -> int:
-    return len(classes) if task in ("multiclass", "multilabel") else 1
-
-
 def _load(path: Path, session, device: str) -> dict[str, Any]:
     saved = torch.load(path, map_location=device, weights_only=False)
     if saved.get("n_images") != len(session.manifest):
@@ -149,7 +128,7 @@ def _load(path: Path, session, device: str) -> dict[str, Any]:
 def _train(session, target, task, classes, train_transform, train_filter, path,
            progress) -> dict[str, Any]:
     p = session.preset
-    targets = _typed_targets(session.targets(target), task)
+    targets = task_spec(task).typed(session.targets(target))
     train_rows = _rows(session, "train", targets, task, train_filter)
     val_rows = _rows(session, "val", targets, task, train_filter)
     estimate = estimate_seconds(p.model, p.image_size, len(train_rows), p.epochs, session.device)
@@ -157,7 +136,7 @@ def _train(session, target, task, classes, train_transform, train_filter, path,
           f"epochs; about {estimate:.0f} s)")
     release_unused_memory()                       # start the training peak from a trimmed heap
     seed_everything(session.seed)                 # same seed -> same initial weights
-    model = build_model(p.model, _n_outputs(task, classes), pretrained=p.pretrained)
+    model = build_model(p.model, task_spec(task).n_outputs(classes), pretrained=p.pretrained)
     train_ds = CXRDataset(session.images, targets[train_rows], transform=train_transform,
                           augment=True, indices=train_rows)
     val_ds = CXRDataset(session.images, targets[val_rows], transform=train_transform,
@@ -166,7 +145,7 @@ def _train(session, target, task, classes, train_transform, train_filter, path,
     history = fit(model, train_ds, val_ds, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size,
                   patience=p.patience, device=session.device, task=task, checkpoint=checkpoint,
                   seed=session.seed, progress=progress,
-                  monitor="val_auc" if task != "regression" else "val_loss")
+                  monitor=task_spec(task).monitor)
     checkpoint.unlink(missing_ok=True)
     test_rows = _rows(session, "test", targets, task, None)
     test_proba = predict_rows(model, session.images, test_rows, device=session.device,
@@ -235,7 +214,7 @@ def get_model(
 
 
 def _trained_model(saved, session, key, path, variant, train_transform) -> TrainedModel:
-    model = build_model(saved["arch"], _n_outputs(saved["task"], saved["classes"]))
+    model = build_model(saved["arch"], task_spec(saved["task"]).n_outputs(saved["classes"]))
     model.load_state_dict(saved["state_dict"])
     model.task = saved["task"]
     model.to(session.device).eval()

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-TASKS = ("multiclass", "binary", "multilabel", "regression")
+from cxrlab.core.targets import task_spec
 
 
 def release_unused_memory() -> bool:
@@ -115,31 +115,13 @@ class History:
                 f"best_epoch={self.best_epoch}, {metric}={best.get(metric, float('nan')):.3f})")
 
 
-def _loss_fn(task: str, regression_loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if task == "multiclass":
-        return nn.functional.cross_entropy
-    if task == "binary":
-        return lambda out, y: nn.functional.binary_cross_entropy_with_logits(out.squeeze(1), y)
-    if task == "multilabel":
-        def masked_bce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            known = ~torch.isnan(y)
-            return nn.functional.binary_cross_entropy_with_logits(out[known], y[known])
-        return masked_bce
-    if task == "regression":
-        base = nn.functional.l1_loss if regression_loss == "l1" else nn.functional.mse_loss
-        return lambda out, y: base(out.squeeze(1), y)
-    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-
-
 def _outputs_to_predictions(out: torch.Tensor, task: str, model: nn.Module) -> torch.Tensor:
-    if task == "multiclass":
-        return torch.softmax(out, dim=1)
-    if task == "binary":
-        return torch.sigmoid(out.squeeze(1))
-    if task == "multilabel":
-        return torch.sigmoid(out)
-    shift, scale = _target_scaling(model)
-    return out.squeeze(1) * scale + shift
+    """Predictions from raw outputs; regression values are scaled back to the target's units."""
+    pred = task_spec(task).to_predictions(out)
+    if _is_regression(task):                         # undo the target scaling
+        shift, scale = _target_scaling(model)
+        pred = pred * scale + shift
+    return pred
 
 
 def _target_scaling(model: nn.Module) -> tuple[float, float]:
@@ -157,16 +139,20 @@ def _set_target_scaling(model: nn.Module, train_ds: Dataset) -> None:
 
 
 def _scaled_targets(y: torch.Tensor, task: str, model: nn.Module) -> torch.Tensor:
-    if task != "regression":
+    if not _is_regression(task):
         return y
     shift, scale = _target_scaling(model)
     return (y - shift) / scale
 
 
+def _is_regression(task: str) -> bool:
+    return task_spec(task).name == "regression"
+
+
 def _validation_metric(task: str, y: np.ndarray, pred: np.ndarray) -> tuple[str, float]:
     from cxrlab.metrics import macro_auc
 
-    if task == "regression":
+    if _is_regression(task):
         return "val_mae", float(np.mean(np.abs(pred - y)))
     try:
         return "val_auc", float(macro_auc(y, pred))
@@ -287,10 +273,10 @@ def fit(
                          f"{len(val_ds)}")
     seed_everything(seed)
     device = pick_device(device)
-    loss_fn = _loss_fn(task, regression_loss)
+    loss_fn = task_spec(task).loss(regression_loss)
     model.to(device)
     model.task = task
-    if task == "regression":
+    if _is_regression(task):
         _set_target_scaling(model, train_ds)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     train_loader = _loader(train_ds, batch_size, True, seed, device, num_workers)
