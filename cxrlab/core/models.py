@@ -168,8 +168,14 @@ def inference_batch_size(requested: int, images: np.ndarray) -> int:
     return max(1, min(int(requested), INFERENCE_PIXELS // max(pixels, 1)))
 
 
-def _batches(images: np.ndarray, batch_size: int,
-             transform: Callable[[torch.Tensor], torch.Tensor] | None):
+def image_batches(images: np.ndarray, batch_size: int,
+                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """Float batches ``(B, 1, H, W)`` of uint8 images ``(N, H, W)``, at most the inference
+    pixel budget per batch (:func:`inference_batch_size`); ``transform`` runs once per batch.
+
+    >>> [b.shape[0] for b in image_batches(np.zeros((5, 8, 8), np.uint8), 2)]
+    [2, 2, 1]
+    """
     from cxrlab.datasets import to_float_tensor
 
     batch_size = inference_batch_size(batch_size, images)
@@ -195,6 +201,6 @@ def embed(model: nn.Module, images: np.ndarray, batch_size: int = 128,
     was_training = model.training
     model.eval().to(device)
     out = [model.features(batch.to(device)).float().cpu().numpy()
-           for batch in _batches(images, batch_size, transform)]
+           for batch in image_batches(images, batch_size, transform)]
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, model.n_features), np.float32)

@@ -350,7 +350,7 @@ def predict(
     ``model.task`` (set by :func:`fit`). ``transform`` is applied to each float batch
     ``(B, 1, H, W)`` (e.g. a chapter-4 degradation at test time), so one FFT serves a batch.
     """
-    from cxrlab.models import _batches, inference_batch_size
+    from cxrlab.models import image_batches, inference_batch_size
 
     batch_size = inference_batch_size(batch_size, images)
     task = task or getattr(model, "task", "multiclass")
@@ -359,7 +359,7 @@ def predict(
     model.eval().to(device)
     out = []
     n_batches = (len(images) + batch_size - 1) // batch_size
-    for batch in tqdm(_batches(images, batch_size, transform), total=n_batches,
+    for batch in tqdm(image_batches(images, batch_size, transform), total=n_batches,
                       desc="predicting", disable=not progress, leave=False):
         out.append(_outputs_to_predictions(model(batch.to(device)), task, model).float().cpu())
     model.train(was_training)
