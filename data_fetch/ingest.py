@@ -25,7 +25,9 @@ same Lanczos resize as the full decode. On a 2,500 x 3,000 radiograph resized to
 result differs from the full decode by at most :data:`DRAFT_MAX_ABS_DIFF` grey levels and on
 average by less than :data:`DRAFT_MEAN_ABS_DIFF` (tests/test_ingest.py measures both on an
 image of that size); pass ``draft=False`` for the bit-exact full decode. PNG (NIH's 1,024-px
-originals, CheXpert's) has no reduced decode: every pixel is inflated, then resized.
+originals, CheXpert's) has no reduced decode: every pixel is inflated, then resized, exactly
+as the fetchers did. Stored PNGs are written with zlib level :data:`PNG_COMPRESS_LEVEL`
+(same pixels, faster).
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ from data_fetch.sources._common import CorruptImageError, square_resize, to_uint
 DRAFT_MAX_ABS_DIFF = 4
 #: Largest mean difference over the image, in grey levels, that draft decoding may make.
 DRAFT_MEAN_ABS_DIFF = 0.5
+#: zlib level of the stored PNGs. Level 1 encodes a noisy 256-px radiograph 3-5x faster than
+#: Pillow's default 6 (3-5 ms instead of 14 ms on one core, measured here) for a file about
+#: 17% larger; the pixels are the same (PNG is lossless).
+PNG_COMPRESS_LEVEL = 1
 #: Images submitted ahead of the one being collected, per worker (bounds memory).
 PENDING_PER_WORKER = 4
 
@@ -144,7 +150,7 @@ def save_png_atomic(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
