@@ -135,6 +135,44 @@ def bench_cache(workdir: Path, n_images: int, size: int, distinct: int) -> dict:
     return row
 
 
+WRITER_SNIPPET = r"""
+import json, sys
+import numpy as np
+n, size, path, how = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+chunk = np.random.default_rng(0).integers(0, 256, (128, size, size), dtype=np.uint8)
+if how == "memmap":                     # the builder before: fill a writable memory map
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    for start in range(0, n, 128):
+        array[start:start + 128] = chunk[:min(128, n - start)]
+    array.flush()
+    del array
+else:                                   # cxrlab.cache now: header, then sequential writes
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False,
+                                                   "shape": (n, size, size)})
+        for start in range(0, n, 128):
+            out.write(chunk[:min(128, n - start)].tobytes())
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print(json.dumps({"writer": how, "vm_hwm_mb": int(status["VmHWM"].split()[0]) // 1024}))
+"""
+
+
+def writer_rss(workdir: Path, n_images: int, size: int) -> list[dict]:
+    """Peak RSS of writing an ``n_images`` cache through a memmap vs sequentially (no decoding:
+    the difference is the dirty file pages a writable mapping keeps resident)."""
+    rows = []
+    for how in ("memmap", "sequential"):
+        path = workdir / f"writer-{how}.npy"
+        try:
+            done = subprocess.run([sys.executable, "-c", WRITER_SNIPPET, str(n_images), str(size),
+                                   str(path), how], check=True, capture_output=True, text=True)
+        finally:
+            path.unlink(missing_ok=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def mimic_projection(rows: list[dict], cores: int = 16) -> str:
     """What ``cores`` would take for MIMIC-CXR from the measured JPEG CPU cost per image."""
     jpeg = [r for r in rows if r["kind"].startswith("jpeg") and r["draft"] and r["workers"] == 2]
@@ -168,9 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         print(mimic_projection(rows))
     cache_row = (bench_cache(args.workdir, args.cache_images, args.cache_size, 200)
                  if args.cache_images else None)
+    writers = writer_rss(args.workdir, args.cache_images, args.cache_size) \
+        if args.cache_images else []
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"ingest": rows, "cache": cache_row,
+        args.json.write_text(json.dumps({"ingest": rows, "cache": cache_row, "writers": writers,
                                          "load_at_start": load}, indent=2))
     return 0
 
