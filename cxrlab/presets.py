@@ -8,10 +8,11 @@ Measured on 2 CPU cores (torch 2.14.1, channels-last models): the small CNN trai
 ResNet-18 at 180 and 53; see bench/README.md.
 
 ``full`` follows Gichoya et al. 2022's recipe as their code has it: ImageNet ResNet-34 at
-320 px, Adam 1e-3, batch 256 (split over GPUs by :mod:`cxrlab.core.replicate`). One GPU holds
-a batch of 256 at 320 px with mixed precision by our estimate (README, "Replicating the paper
-at scale"); it has not been run on a GPU here. The chapters cap a real source at
-``max_images``; the replication command uses every image unless told otherwise.
+320 px, Adam 1e-3, batch 256 (split over GPUs by :mod:`cxrlab.core.replicate`). By the
+model's arithmetic (bench/bench_replicate.py) a batch of 256 at 320 px needs about 11 GB of
+GPU memory with mixed precision (about 22 GB in float32), so one 16 GB GPU or larger holds
+it; the old 224 px / 64 was sized for a small GPU. Not run on a GPU here. The chapters cap a
+real source at ``max_images``; the replication command uses every image unless told otherwise.
 """
 from __future__ import annotations
 
