@@ -144,3 +144,19 @@ def test_recipe_follows_the_preset_and_refuses_a_changed_one(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         replicate.read_checkpoint(tmp_path / "c.pt", model, optimizer, precision,
                                   replicate.Recipe.from_preset("full", image_size=64))
+
+
+def test_a_source_without_race_labels_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(4):
+        Image.fromarray(np.full((SIZE, SIZE), 40 * i, np.uint8)).save(tmp_path / f"images/{i}.png")
+        rows.append({"image_id": str(i), "path": f"images/{i}.png", "patient_id": str(i),
+                     "study_id": str(i), "split": "train", "view": "PA", "sex": "M",
+                     "age": 40.0, "race": pd.NA, "ethnicity": pd.NA, "bmi": np.nan,
+                     "site": "x", "source": "nih", "no_finding": True})
+    write_manifest(pd.DataFrame(rows), tmp_path)
+    code = replicate.main(["--source", "mimic", "--data-dir", str(tmp_path), "--image-size",
+                           str(SIZE), "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "needs race labels" in capsys.readouterr().err

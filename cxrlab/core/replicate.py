@@ -193,10 +193,11 @@ def load_cohort(source: str, recipe: Recipe, procs: Processes, *, data_dir: str 
     memory-mapped (one copy in the page cache, whatever the number of processes).
     """
     from cxrlab.cache import load_image_cache
-    from cxrlab.session import cap_patients
+    from cxrlab.session import Session, _race_classes, cap_patients
     from data_fetch.manifest import read_manifest
 
-    cohort = None
+    cohort: Cohort | None = None
+    folder = Path(".")
     for turn in ("main", "others"):
         if (turn == "main") == procs.main:
             folder = _dataset_folder(source, data_dir, dataset, synthetic_patients, preset)
@@ -205,13 +206,17 @@ def load_cohort(source: str, recipe: Recipe, procs: Processes, *, data_dir: str 
                 manifest = cap_patients(manifest, recipe.max_images)
             images = load_image_cache(manifest, recipe.image_size, folder / "cache",
                                       progress=procs.main)
-            classes = sorted(str(v) for v in manifest["race"].dropna().unique())
-            lookup = {c: i for i, c in enumerate(classes)}
-            labels = np.array([lookup.get(v, -1) if isinstance(v, str) else -1
-                               for v in manifest["race"].astype(object)], dtype=np.int64)
-            cohort = Cohort(manifest, images, classes, labels, folder)
+            session = Session(manifest=manifest, images=images,
+                              classes=_race_classes(manifest), device=procs.device.type,
+                              preset=PRESETS[preset], source=source, seed=recipe.seed,
+                              data_dir=folder)
+            cohort = Cohort(manifest, images, session.classes, session.targets("race"), folder)
         procs.barrier()
-    assert cohort is not None
+    if cohort is None or len(cohort.classes) < 2:
+        found = len(cohort.classes) if cohort else 0
+        raise ValueError(f"{folder} has {found} self-reported race class(es); "
+                         "the replication needs race labels (mimic, chexpert, covid19_ar or "
+                         "synthetic)")
     return cohort
 
 
@@ -551,18 +556,21 @@ def _end_epoch(model, optimizer, precision, progress: Progress, cohort: Cohort,
 
 # ----------------------------------------------------------------------------- results
 def evaluate(model: nn.Module, cohort: Cohort, recipe: Recipe, procs: Processes,
-             precision: Precision, source: str) -> dict[str, Any]:
-    """Per-class AUC with patient-bootstrap 95% CIs on the test split, beside Table 3."""
+             precision: Precision, source: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Test-split probabilities (every process) and, on the main process only, the per-class
+    AUCs with patient-bootstrap 95% CIs beside Table 3 (the bootstrap runs once)."""
     rows = cohort.rows("test")
     proba = predict_rows(model, cohort, rows, procs, precision, 2 * recipe.batch_size)
+    if not procs.main:
+        return proba, {}
     y = cohort.labels[rows]
     patients = cohort.manifest["patient_id"].to_numpy()[rows]
     table = metrics.auc_table(y, proba, cohort.classes, groups=patients,
                               n_boot=recipe.bootstrap, seed=recipe.seed)
     beside = anchors.compare_to_table3(table, TABLE3_ROWS.get(source, "MIMIC-CXR"), source)
-    return {"test_auc": table.to_dict("records"), "table3": beside.to_dict("records"),
-            "n_test_images": int(len(rows)), "n_test_patients": int(len(set(patients))),
-            "_test_proba": proba}
+    return proba, {"test_auc": table.to_dict("records"), "table3": beside.to_dict("records"),
+                   "n_test_images": int(len(rows)),
+                   "n_test_patients": int(len(set(patients)))}
 
 
 def write_results(path: Path, payload: dict[str, Any]) -> None:
@@ -588,7 +596,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "early stopping) on a prepared dataset and write results.json beside "
                     "Table 3. Run under torchrun --nproc_per_node=N for N GPUs.")
     parser.add_argument("--source", default="mimic",
-                        choices=["mimic", "chexpert", "nih", "covid19_ar", "synthetic"])
+                        choices=["mimic", "chexpert", "covid19_ar", "synthetic"],
+                        help="a source with self-reported race labels (default: %(default)s)")
     parser.add_argument("--preset", default="full", choices=list(PRESETS))
     parser.add_argument("--dataset", default=None, help="prepared dataset name (default: newest)")
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -646,14 +655,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{recipe.batch_size} over {procs.world} process(es) on {procs.device.type}")
     model, progress, precision = train(cohort, recipe, procs, out, resume=not args.no_resume,
                                        stop_after_steps=args.stop_after_steps)
+    proba, scores = evaluate(model, cohort, recipe, procs, precision, args.source)
     payload = {"source": args.source, "dataset": cohort.folder.name, "preset": args.preset,
                "recipe": asdict(recipe), "world_size": procs.world,
                "device": procs.device.type, "precision": precision.name,
                "history": progress.history, "best_epoch": progress.best_epoch,
                "epochs_run": progress.epoch, "classes": cohort.classes,
-               "citation": anchors.CITATIONS["TABLE3"],
-               **evaluate(model, cohort, recipe, procs, precision, args.source)}
-    proba = payload.pop("_test_proba")
+               "citation": anchors.CITATIONS["TABLE3"], **scores}
     if procs.main:
         if args.save_predictions:       # beside the data: restricted where the data are
             np.save(out / "test_predictions.npy", proba)
