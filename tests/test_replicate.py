@@ -160,3 +160,17 @@ def test_a_source_without_race_labels_is_a_clear_error(tmp_path, capsys):
                            str(SIZE), "--out", str(tmp_path / "run")])
     assert code == 2
     assert "needs race labels" in capsys.readouterr().err
+
+
+def test_augmentation_depends_on_seed_epoch_and_row_only():
+    images = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8)
+    labels = np.array([0, 1, 2])
+    a = replicate.CacheImages(images, labels, np.arange(3), augment=True, seed=1)
+    b = replicate.CacheImages(images, labels, np.array([2, 1]), augment=True, seed=1)
+    x, y = a[1]
+    assert x.dtype == torch.uint8 and x.shape == (1, SIZE, SIZE) and int(y) == 1
+    torch.rand(5)                                             # global RNG use changes nothing
+    assert torch.equal(b[1][0], x)                            # same row, another subset
+    assert not torch.equal(x, torch.from_numpy(images[1]).unsqueeze(0))   # it did augment
+    a.epoch = 1
+    assert not torch.equal(a[1][0], x)                        # a new epoch, a new draw
