@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cxrlab.core.replicate import Precision, _train_step
+from cxrlab.core.replicate import Precision, train_step
 from cxrlab.models import build_model
 
 
@@ -60,10 +60,10 @@ def cpu_training_speed(model: nn.Module, size: int, batch: int, steps: int) -> f
     x = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8)
     y = torch.randint(0, 3, (batch,))
     model.train()
-    _train_step(model, optimizer, precision, x, y, torch.device("cpu"))
+    train_step(model, optimizer, precision, x, y, torch.device("cpu"))
     start = time.perf_counter()
     for _ in range(steps):
-        _train_step(model, optimizer, precision, x, y, torch.device("cpu"))
+        train_step(model, optimizer, precision, x, y, torch.device("cpu"))
     return batch * steps / (time.perf_counter() - start)
 
 

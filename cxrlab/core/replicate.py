@@ -60,6 +60,10 @@ from cxrlab.train import save_checkpoint, seed_everything
 
 #: Table 3 row of each source the paper trained and tested on.
 TABLE3_ROWS = {"mimic": "MIMIC-CXR", "chexpert": "CheXpert"}
+#: Recipe fields a resumed run may change (they do not alter what was trained so far).
+RESUMABLE_CHANGES = ("epochs", "patience", "bootstrap", "loader_workers", "checkpoint_every")
+#: Read the loss back from the device every this many steps (each read waits for the GPU).
+LOSS_EVERY = 20
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 RESULTS = "results.json"
@@ -431,8 +435,7 @@ def read_checkpoint(path: Path, model: nn.Module, optimizer, precision: Precisio
                     recipe: Recipe) -> Progress:
     """Load a checkpoint written by :func:`write_checkpoint` (``weights_only=True``)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = {k: v for k, v in state["recipe"].items() if k not in ("loader_workers",
-                                                                  "checkpoint_every")}
+    saved = {k: v for k, v in state["recipe"].items() if k not in RESUMABLE_CHANGES}
     wanted = {k: v for k, v in asdict(recipe).items() if k in saved}
     if saved != wanted:
         changed = sorted(k for k in saved if saved[k] != wanted[k])
@@ -465,7 +468,9 @@ def _epoch_batches(train: CacheImages, recipe: Recipe, procs: Processes, epoch: 
                       pin_memory=procs.device.type == "cuda", persistent_workers=False)
 
 
-def _train_step(model, optimizer, precision: Precision, x, y, device) -> float:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
+               x: torch.Tensor, y: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One optimiser step on a uint8 batch ``x`` with labels ``y``; the loss, on the device."""
     with precision.autocast():
         loss = nn.functional.cross_entropy(model(_to_model_input(x, device)),
                                            y.to(device, non_blocking=True))
@@ -473,7 +478,7 @@ def _train_step(model, optimizer, precision: Precision, x, y, device) -> float:
     precision.scaler.scale(loss).backward()
     precision.scaler.step(optimizer)
     precision.scaler.update()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def train(cohort: Cohort, recipe: Recipe, procs: Processes, out: Path, *, resume: bool = True,
@@ -508,10 +513,11 @@ def train(cohort: Cohort, recipe: Recipe, procs: Processes, out: Path, *, resume
                    initial=progress.step, total=steps_per_epoch, disable=not procs.main,
                    leave=False)
         for x, y in bar:
-            loss = _train_step(model, optimizer, precision, x, y, procs.device)
+            loss = train_step(model, optimizer, precision, x, y, procs.device)
             progress.step += 1
             progress.global_step += 1
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if progress.step % LOSS_EVERY == 1:
+                bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
             if progress.step % recipe.checkpoint_every == 0:
                 progress.seconds += time.perf_counter() - start
                 start = time.perf_counter()
