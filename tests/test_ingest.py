@@ -117,3 +117,29 @@ def test_workers_option(monkeypatch):
     assert ingest.ImagePool(None).workers == ingest.default_workers() >= 1
     with pytest.raises(ValueError):
         ingest.ImagePool(-1)
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_ingest.py"
+    spec = importlib.util.spec_from_file_location("bench_ingest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_bench_ingest_measures_on_tiny_inputs(tmp_path):
+    bench = _bench_module()
+    sources = [_encoded(ingest.radiograph_like(200, 160, seed=i), "JPEG") for i in range(2)]
+    row = bench.time_pool(sources, 6, 64, 1, True, tmp_path / "out")
+    assert row["images"] == 6 and row["cpu_ms_per_image"] > 0 and row["images_per_s"] > 0
+    assert not (tmp_path / "out").exists()
+    cache = bench.bench_cache(tmp_path, 40, 16, 4)
+    assert cache["images"] == 40 and cache["bytes"] == 40 * 16 * 16 and cache["vm_hwm_mb"] > 0
+    writers = bench.writer_rss(tmp_path, 300, 64)
+    assert [w["writer"] for w in writers] == ["memmap", "sequential"]
+    assert list(tmp_path.iterdir()) == []            # everything it wrote is gone
+    assert "16 cores" in bench.mimic_projection([{**row, "kind": "jpeg", "workers": 2}])

@@ -174,3 +174,21 @@ def test_augmentation_depends_on_seed_epoch_and_row_only():
     assert not torch.equal(x, torch.from_numpy(images[1]).unsqueeze(0))   # it did augment
     a.epoch = 1
     assert not torch.equal(a[1][0], x)                        # a new epoch, a new draw
+
+
+def test_bench_replicate_counts_flops_and_activations():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_replicate.py"
+    spec = importlib.util.spec_from_file_location("bench_replicate", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from cxrlab.models import build_model
+
+    model = build_model("smallcnn", 3)
+    small, large = (bench.activation_bytes_per_image(model, s) for s in (32, 64))
+    assert small > 0 and large == pytest.approx(4 * small, rel=0.05)     # grows with pixels
+    assert bench.forward_flops(model, 64) == pytest.approx(4 * bench.forward_flops(model, 32),
+                                                           rel=0.05)
+    assert bench.cpu_training_speed(model, 32, batch=4, steps=1) > 0
