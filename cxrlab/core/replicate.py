@@ -143,6 +143,7 @@ def start_processes(device: str | None = None) -> Processes:
     chosen = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(chosen)
+        torch.backends.cudnn.benchmark = True         # one input size: pick the fastest kernels
     elif world > 1 and "OMP_NUM_THREADS" not in os.environ:   # share the cores, don't fight
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
