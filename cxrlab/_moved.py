@@ -33,6 +33,11 @@ MOVED: dict[str, str] = {
     "cxrlab.course": "cxrlab.coursetools.runner",
 }
 
+#: short command names that stay: ``python -m cxrlab.replicate`` runs the replication.
+COMMANDS: dict[str, str] = {"cxrlab.replicate": "cxrlab.core.replicate"}
+
+ALIASES: dict[str, str] = {**MOVED, **COMMANDS}
+
 
 class _AliasLoader(importlib.abc.Loader):
     """Loads an old name by importing the new one; ``get_code`` serves ``python -m old``."""
@@ -54,10 +59,10 @@ class _AliasLoader(importlib.abc.Loader):
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
-    """Finds the deprecated names listed in :data:`MOVED`."""
+    """Finds the names listed in :data:`ALIASES` (deprecated old names and short commands)."""
 
     def find_spec(self, fullname: str, path=None, target=None):  # noqa: ANN001 - importlib API
-        new = MOVED.get(fullname)
+        new = ALIASES.get(fullname)
         if new is None:
             return None
         return importlib.machinery.ModuleSpec(fullname, _AliasLoader(new))

@@ -44,9 +44,16 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "demo": Preset("demo", 64, 800, 2000, "smallcnn", False, 6, 32, 2, 2e-3, 200),
-    "workshop": Preset("workshop", 128, 2400, 6000, "smallcnn", False, 10, 32, 3, 1e-3, 500),
-    "full": Preset("full", 320, 12000, 100_000, "resnet34", True, 30, 256, 5, 1e-3, 1000),
+    "demo": Preset(name="demo", image_size=64, n_patients=800, max_images=2000,
+                   model="smallcnn", pretrained=False, epochs=6, batch_size=32, patience=2,
+                   lr=2e-3, bootstrap=200),
+    "workshop": Preset(name="workshop", image_size=128, n_patients=2400, max_images=6000,
+                       model="smallcnn", pretrained=False, epochs=10, batch_size=32, patience=3,
+                       lr=1e-3, bootstrap=500),
+    # The paper's recipe (Gichoya et al. 2022, code): ResNet-34 at 320 px, batch 256, Adam 1e-3.
+    "full": Preset(name="full", image_size=320, n_patients=12000, max_images=100_000,
+                   model="resnet34", pretrained=True, epochs=30, batch_size=256, patience=5,
+                   lr=1e-3, bootstrap=1000),
 }
 
 

@@ -598,7 +598,7 @@ def _say(procs: Processes, message: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command-line options (see ``--help``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m cxrlab.core.replicate",
+        prog="python -m cxrlab.replicate",
         description="Train the paper's race model (ResNet-34, 320 px, Adam 1e-3, batch 256, "
                     "early stopping) on a prepared dataset and write results.json beside "
                     "Table 3. Run under torchrun --nproc_per_node=N for N GPUs.")
