@@ -9,6 +9,7 @@ Chapters 3-5 keep their own checks next to their code (``cxrlab.probes`` etc.) a
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -148,3 +149,38 @@ def check_auc_table(table: pd.DataFrame, classes: Sequence[str] | None = None,
                 "the test split with the trained model (not an untrained one)?")
     summary = ", ".join(f"{c} {a:.3f}" for c, a in zip(table["class"], auc))
     passed(f"AUC table looks right: {summary}")
+
+
+# ----------------------------------------------------------------------------- claims
+CLAIMS_ENV = "CXRLAB_CLAIMS"
+
+
+class ClaimFailed(AssertionError):
+    """A sentence of the notebook's text is not true of the numbers the notebook printed."""
+
+
+def claim(condition: bool, sentence: str, detail: str = "") -> bool:
+    """Check that a "What to see" sentence is true of the numbers just computed.
+
+    ``sentence`` is quoted verbatim (up to line breaks) from the markdown cell that states it;
+    ``tests/test_checks.py`` fails when a notebook's claim quotes a sentence its text no longer
+    contains. When ``condition`` holds the call is silent and returns ``True``. When it does
+    not, it raises :class:`ClaimFailed`, so nbval, ``make course`` and CI fail as soon as the
+    data stop supporting the text; with ``CXRLAB_CLAIMS=warn`` (a learner exploring another
+    source or seed) it prints a warning instead and returns ``False``.
+
+    >>> claim(0.97 > 0.5, "every class is recognised well above chance")
+    True
+    >>> claim(0.42 > 0.5, "every class is recognised well above chance", "AUC 0.42")
+    Traceback (most recent call last):
+    ...
+    cxrlab.checks.ClaimFailed: the text says "every class is recognised well above chance", but these numbers do not show it (AUC 0.42)
+    """
+    if bool(condition):
+        return True
+    message = (f'the text says "{sentence}", but these numbers do not show it'
+               + (f" ({detail})" if detail else ""))
+    if os.environ.get(CLAIMS_ENV, "").strip().lower() == "warn":
+        print(f"⚠ {message}. Trust the numbers, not the sentence.")
+        return False
+    raise ClaimFailed(message)
