@@ -9,8 +9,11 @@ Chapters 3-5 keep their own checks next to their code (``cxrlab.probes`` etc.) a
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,29 +129,188 @@ def check_image_level_split(split: pd.Series | Sequence[str], manifest: pd.DataF
 AUC_COLUMNS = ("class", "auc", "ci_low", "ci_high")
 
 
-def check_auc_table(table: pd.DataFrame, classes: Sequence[str] | None = None,
-                    min_auc: float | None = None) -> None:
-    """Check an AUC table from :func:`cxrlab.metrics.auc_table`: its columns, one row per
-    class, AUCs in [0, 1] inside their confidence intervals, optionally above ``min_auc``."""
+def require_answer(*names: str) -> None:
+    """First line of a check cell: fail with "answer the exercise above first" (instead of a
+    ``NameError``) while the learner has not yet defined ``names`` in the notebook.
+
+    >>> require_answer("surely_not_defined_here")
+    Traceback (most recent call last):
+    ...
+    cxrlab.checks.CheckFailed: answer the exercise above first: `surely_not_defined_here` is not defined yet (write your answer in the cell above and run it, then run this cell)
+    """
+    caller = inspect.currentframe().f_back  # the notebook's namespace (IPython runs cells there)
+    scope = {**caller.f_globals, **caller.f_locals}
+    missing = [n for n in names if n not in scope]
+    require(not missing, "answer the exercise above first: " + ", ".join(f"`{n}`" for n in missing)
+            + f" {'is' if len(missing) == 1 else 'are'} not defined yet (write your answer in the "
+            "cell above and run it, then run this cell)")
+
+
+@contextlib.contextmanager
+def library_blocked(*functions: Callable, namespace: dict | None = None) -> Iterator[None]:
+    """Within the block, the library ``functions`` an exercise re-implements raise
+    :class:`CheckFailed` when called, through their module or through a name bound to them in
+    ``namespace`` (the notebook's ``globals()``): hidden tests run the learner's code in it.
+
+    >>> from cxrlab import metrics
+    >>> with library_blocked(metrics.macro_auc):
+    ...     metrics.macro_auc([0, 1], np.array([0.1, 0.9]))
+    Traceback (most recent call last):
+    ...
+    cxrlab.checks.CheckFailed: your answer calls cxrlab.metrics.macro_auc: this exercise asks you to compute it yourself
+    """
+    saved: list[tuple[object, str, object]] = []
+
+    def blocker_for(function: Callable) -> Callable:
+        def blocked(*_args, **_kwargs):
+            raise CheckFailed(f"your answer calls {function.__module__}.{function.__name__}: "
+                              "this exercise asks you to compute it yourself")
+        return blocked
+
+    try:
+        for function in functions:
+            blocker = blocker_for(function)
+            module = sys.modules[function.__module__]
+            saved.append((module, function.__name__, function))
+            setattr(module, function.__name__, blocker)
+            for name, value in list((namespace or {}).items()):
+                if value is function:
+                    saved.append((namespace, name, value))
+                    namespace[name] = blocker
+        yield
+    finally:
+        for target, name, value in reversed(saved):
+            if isinstance(target, dict):
+                target[name] = value
+            else:
+                setattr(target, name, value)
+
+
+def bootstrap_by_hand(y: np.ndarray, P: np.ndarray, units: np.ndarray | None, n_boot: int,
+                      seed: int, level: float = 0.95) -> list[tuple[float, float]]:
+    """``(ci_low, ci_high)`` per class, resampled exactly as chapter 2's exercise 1 hints:
+    one ``np.random.default_rng(seed)``, ``rng.choice(np.unique(units), size, replace=True)``
+    per resample (``units=None``: the images themselves), resamples with one class skipped."""
+    from cxrlab.metrics import weighted_aucs
+
+    y, P = np.asarray(y), np.asarray(P, dtype=float)
+    units = np.arange(len(y)) if units is None else np.asarray(units)
+    values, codes = np.unique(units, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    drawn = np.stack([rng.choice(len(values), size=len(values), replace=True) for _ in range(n_boot)])
+    weights = np.stack([np.bincount(d, minlength=len(values)) for d in drawn])[:, codes]
+    tail = 100 * (1 - level) / 2
+    out = []
+    for j in range(P.shape[1]):
+        boots = weighted_aucs((y == j).astype(int), P[:, j], weights)
+        low, high = np.percentile(boots[~np.isnan(boots)], [tail, 100 - tail])
+        out.append((float(low), float(high)))
+    return out
+
+
+def _auc_table_floats(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """The learner's table as plain floats, one row per class in ``classes`` order."""
     require(isinstance(table, pd.DataFrame), f"expected a DataFrame, got {type(table).__name__}")
     missing = [c for c in AUC_COLUMNS if c not in table.columns]
-    require(not missing, f"the table lacks column(s) {missing}; use cxrlab.metrics.auc_table")
-    if classes is not None:
-        require(list(map(str, table["class"])) == list(map(str, classes)),
-                f"rows are {list(table['class'])}, expected one per class {list(classes)}: "
-                "did you pass the class names in the order of the probability columns?")
-    auc = table["auc"].astype(float)
-    require(auc.notna().all(), "some AUCs are NaN: does every class occur in the test split?")
-    require(auc.between(0, 1).all(), "AUCs must lie between 0 and 1")
-    inside = (table["ci_low"] <= auc + 1e-9) & (auc <= table["ci_high"] + 1e-9)
-    require(inside.all(), "every AUC should lie inside its confidence interval: did you swap "
-            "columns or pass probabilities of the wrong class?")
-    if min_auc is not None:
-        low = table.loc[auc < min_auc, "class"].tolist()
-        require(not low, f"AUC below {min_auc} for {low}: were the probabilities computed on "
-                "the test split with the trained model (not an untrained one)?")
-    summary = ", ".join(f"{c} {a:.3f}" for c, a in zip(table["class"], auc))
-    passed(f"AUC table looks right: {summary}")
+    require(not missing, f"the table lacks column(s) {missing}: it needs columns {list(AUC_COLUMNS)}")
+    require(list(map(str, table["class"])) == list(map(str, classes)),
+            f"rows are {list(table['class'])}, expected one per class {list(classes)}, in that order")
+    try:
+        values = table[list(AUC_COLUMNS[1:])].astype(float).reset_index(drop=True)
+    except (TypeError, ValueError) as err:
+        raise CheckFailed(f"auc, ci_low and ci_high must be numbers ({err})") from None
+    require(bool(values.notna().all().all()), "some values are NaN: does every class occur in the test "
+            "split, and did you skip resamples that hold only one class?")
+    return values
+
+
+def _check_point_estimates(mine: np.ndarray, truth: np.ndarray, classes: Sequence[str]) -> None:
+    if np.allclose(mine, truth, atol=1e-6):
+        return
+    inverted = np.isclose(mine, 1 - truth, atol=1e-6) & ~np.isclose(truth, 0.5, atol=1e-6)
+    require(not inverted.any(), f"the AUC of {[c for c, i in zip(classes, inverted) if i]} is 1 minus "
+            "the right value: score the images of class j (y == j) as positives with P[:, j]")
+    require(not np.allclose(np.sort(mine), np.sort(truth), atol=1e-6), "the AUCs are right but in the "
+            "wrong rows (swapped classes): row j must use y == j and column j of P")
+    worst = int(np.argmax(np.abs(mine - truth)))
+    raise CheckFailed(f"the AUC of {classes[worst]} is {mine[worst]:.4f}, expected {truth[worst]:.4f}: "
+                      "compute roc_auc_score(y == j, P[:, j]) on the whole test split, not on a resample")
+
+
+def _exactly(low: np.ndarray, high: np.ndarray, ref: np.ndarray) -> bool:
+    return bool(np.allclose(low, ref[:, 0], atol=1e-9) and np.allclose(high, ref[:, 1], atol=1e-9))
+
+
+def _interval_mistake(low: np.ndarray, high: np.ndarray, y: np.ndarray, P: np.ndarray,
+                      patients: np.ndarray, n_boot: int, seed: int) -> str | None:
+    """Which interval the learner computed (a key of :data:`INTERVAL_HINTS`), or ``None`` for a
+    95% patient-level bootstrap. First the exact resampling of the hints (patients, images,
+    90%); other implementations are compared, within Monte Carlo noise, with 1000 resamples."""
+    def variants(k: int) -> dict[str, np.ndarray]:
+        return {"patients": np.array(bootstrap_by_hand(y, P, patients, k, seed)),
+                "images": np.array(bootstrap_by_hand(y, P, None, k, seed)),
+                "90%": np.array(bootstrap_by_hand(y, P, patients, k, seed, level=0.90))}
+
+    exact = [name for name, ref in variants(n_boot).items() if _exactly(low, high, ref)]
+    if exact:
+        return None if exact[0] == "patients" else exact[0]
+    refs = variants(1000)
+    tolerance = 0.35 * (refs["patients"][:, 1] - refs["patients"][:, 0]) + 0.003
+    distance = {name: float(np.max((np.abs(low - ref[:, 0]) + np.abs(high - ref[:, 1])) / tolerance))
+                for name, ref in refs.items()}
+    return None if distance["patients"] <= 1 else min(distance, key=distance.get)
+
+
+INTERVAL_HINTS = {
+    "images": "did you resample images instead of patients? Draw patient ids with replacement "
+              "and take all the rows of each drawn patient",
+    "90%": "is this a 90% interval? A 95% interval runs from the 2.5th to the 97.5th percentile",
+    "patients": "the interval ends differ from a patient-level bootstrap with 200 resamples: "
+                "resample patients with replacement, recompute the AUC on each resample, and take "
+                "the 2.5th and 97.5th percentiles",
+}
+
+
+def check_auc_table(table: pd.DataFrame, y: np.ndarray, P: np.ndarray, patients: np.ndarray,
+                    classes: Sequence[str], n_boot: int = 200, seed: int = 0) -> None:
+    """Check chapter 2's hand-made AUC table against ``y``, ``P`` and ``patients``: one row per
+    class with the one-vs-rest AUC and a 95% patient-level bootstrap interval.
+
+    Recognises the likely mistakes and names them: an image-level bootstrap, a 90% interval,
+    a zero-width interval, inverted (``1 - AUC``) and swapped AUCs.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y, P, patients = np.asarray(y), np.asarray(P, dtype=float), np.asarray(patients)
+    values = _auc_table_floats(table, classes)
+    truth = np.array([roc_auc_score(y == j, P[:, j]) for j in range(len(classes))])
+    _check_point_estimates(values["auc"].to_numpy(), truth, classes)
+    low, high = values["ci_low"].to_numpy(), values["ci_high"].to_numpy()
+    require(bool(np.all(low <= high + 1e-12)), "ci_low is above ci_high: are the columns swapped?")
+    ref = np.array(bootstrap_by_hand(y, P, patients, n_boot, seed))
+    flat = (high - low < 1e-9) & (ref[:, 1] - ref[:, 0] > 1e-6)
+    require(not flat.any(), f"the interval of {[c for c, f in zip(classes, flat) if f]} has zero width: "
+            "recompute the AUC on every resample (new rows each time), then take percentiles")
+    require(not (mistake := _interval_mistake(low, high, y, P, patients, n_boot, seed)),
+            INTERVAL_HINTS.get(mistake or "", ""))
+    summary = ", ".join(f"{c} {a:.3f} ({lo:.3f}-{hi:.3f})" for c, a, lo, hi in zip(classes, truth, low, high))
+    passed(f"AUC table with 95% patient-level intervals: {summary}")
+
+
+def clustered_cohort(seed: int, n_patients: int = 40, images_per_patient: int = 5,
+                     n_classes: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fresh test inputs for hidden tests: ``y`` (class per image), ``P`` (probabilities) and
+    ``patients``, where a patient's images score alike, so resampling images gives visibly
+    narrower intervals than resampling patients."""
+    rng = np.random.default_rng(seed)
+    patient_class = rng.integers(0, n_classes, n_patients)
+    patient_effect = rng.normal(0, 1.2, (n_patients, n_classes))
+    patients = np.repeat([f"q{seed}-{i:03d}" for i in range(n_patients)], images_per_patient)
+    owner = np.repeat(np.arange(n_patients), images_per_patient)
+    logits = patient_effect[owner] + 0.2 * rng.normal(size=(len(owner), n_classes))
+    logits[np.arange(len(owner)), patient_class[owner]] += 1.0
+    P = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return patient_class[owner], P, patients
 
 
 # ----------------------------------------------------------------------------- claims
