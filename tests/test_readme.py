@@ -37,3 +37,24 @@ def test_readme_links_point_to_files():
         if target.startswith("chapters/"):
             continue  # generated learner copies; tests/test_authoring.py checks them
         assert (ROOT / target).exists(), f"README links to missing {target}"
+
+
+def readme_chapter_times() -> dict[str, str]:
+    """``{chapter stem: time cell}`` from the README's chapter table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Chapters", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\|\s*\[[^\]]+\]\(chapters/(ch\d+_\w+)\.ipynb\)\s*\|[^|]*\|\s*([^|]+?)\s*\|\s*$",
+                      section, flags=re.M)
+    return dict(rows)
+
+
+def test_readme_chapter_times_are_the_notebooks_time_lines():
+    from cxrlab.coursetools.chapter_times import chapter_times, format_times
+
+    readme = readme_chapter_times()
+    for notebook in sorted((ROOT / "solutions").glob("ch*.ipynb")):
+        stated = format_times(chapter_times(notebook))
+        assert notebook.stem in readme, f"README's chapter table has no row for {notebook.stem}"
+        assert readme[notebook.stem] == stated, (
+            f"{notebook.stem}: README says {readme[notebook.stem]!r}, the notebook's **Time.** line "
+            f"says {stated!r}: change one to match the other")
