@@ -103,3 +103,10 @@ def test_course_runs_learner_copies_unless_solutions_are_asked_for():
     asked = subprocess.run(["make", "-n", "course", "SOLUTIONS=1"], cwd=ROOT, capture_output=True,
                            text=True).stdout
     assert "--solutions" not in plain and "--solutions" in asked
+
+
+def test_readme_says_how_to_run_jupyterlab_headless():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Open it in JupyterLab", 1)[1].split("\n## ", 1)[0]
+    assert "jupyter lab --no-browser --ip=127.0.0.1" in section
+    assert "token=" in section and "--allow-root` only" in section
