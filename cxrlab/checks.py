@@ -108,6 +108,42 @@ def check_no_leakage(train: pd.DataFrame, test: pd.DataFrame,
            f"{test['patient_id'].nunique()} test patients are disjoint")
 
 
+def _shared_patients(labels: np.ndarray, manifest: pd.DataFrame) -> set[str]:
+    patients = manifest["patient_id"].astype(str).to_numpy()
+    return set(patients[labels == "train"]) & set(patients[labels == "test"])
+
+
+def check_shared_count(count_shared: Callable, manifest: pd.DataFrame, n_shared: object,
+                       my_split: pd.Series | Sequence[str], seed: int = 2024) -> None:
+    """Check chapter 1's leakage proof: ``count_shared(split)`` must count the patients with
+    images in both train and test of ANY split (tried on an image-level split made here, where
+    the answer is not 0), and ``n_shared`` must be its answer for ``my_split``."""
+    require(callable(count_shared), "count_shared must be a function: def count_shared(split): ...")
+    probe = np.random.default_rng(seed).choice(list(SPLITS), size=len(manifest), p=[0.5, 0.2, 0.3])
+    shared = _shared_patients(probe, manifest)
+    got = count_shared(list(probe))
+    require(isinstance(got, (int, np.integer)) and not isinstance(got, bool),
+            f"count_shared should return an int (a count of patients), not {type(got).__name__}")
+    test_rows = probe == "test"
+    leaked_images = int(manifest["patient_id"].astype(str)[test_rows].isin(shared).sum())
+    require(int(got) != leaked_images or leaked_images == len(shared),
+            f"on an image-level split your count_shared says {int(got)}: that is the number of test "
+            f"IMAGES of shared patients; count the patients (a set of patient_id), there are {len(shared)}")
+    require(int(got) != 0, f"on an image-level split where {len(shared)} patients are in both train and "
+            "test your count_shared says 0: compute the overlap from the split you are given (compare "
+            "sets of patient_id, not image_id), do not return 0")
+    require(int(got) == len(shared), f"on an image-level split your count_shared says {int(got)}, but "
+            f"{len(shared)} patients have images in both train and test: intersect the set of patient_id "
+            "in train with the set in test")
+    labels = _split_series(my_split, manifest).reset_index(drop=True).astype(str).to_numpy()
+    truth = len(_shared_patients(labels, manifest))
+    require(isinstance(n_shared, (int, np.integer)) and int(n_shared) == int(count_shared(list(labels))),
+            "n_shared should be count_shared(my_split), an int")
+    require(truth == 0, f"{truth} patients have images in both your train and test: the split leaks")
+    passed(f"count_shared works (it finds the {len(shared)} shared patients of an image-level split) "
+           "and proves your split has none")
+
+
 def check_image_level_split(split: pd.Series | Sequence[str], manifest: pd.DataFrame) -> None:
     """Check an image-level split for the chapter-2 leakage exercise: every image labelled,
     and (that is the point) some patients have images in both train and test."""
@@ -124,6 +160,21 @@ def check_image_level_split(split: pd.Series | Sequence[str], manifest: pd.DataF
             "patient-level split. Shuffle the IMAGES (not the patients) into splits.")
     passed(f"image-level split: {len(shared)} patient(s) have images in both train and test "
            "(the leakage we want to measure)")
+
+
+def check_leaky_auc(leaky_auc: object, split: pd.Series | Sequence[str],
+                    knn_auc: Callable[[Sequence[str]], float], patient_auc: float) -> None:
+    """Check chapter 2's leak measurement: ``leaky_auc`` is a number, and it is
+    ``knn_auc(split)`` on the learner's image-level split (not the patient-level score)."""
+    require(isinstance(leaky_auc, (float, np.floating)) and not isinstance(leaky_auc, bool),
+            f"leaky_auc should be the number knn_auc returns, not {type(leaky_auc).__name__}")
+    require(abs(float(leaky_auc) - float(patient_auc)) > 1e-12, "leaky_auc equals patient_auc: did "
+            "you measure on the manifest's (patient-level) split instead of my_image_split?")
+    expected = float(knn_auc(split))
+    require(abs(float(leaky_auc) - expected) < 1e-9, f"leaky_auc is {float(leaky_auc):.4f}, but "
+            f"knn_auc(my_image_split) gives {expected:.4f}: measure it on your own image-level split")
+    passed(f"leak measured: {expected:.3f} on your image-level split vs {float(patient_auc):.3f} "
+           "patient-level")
 
 
 AUC_COLUMNS = ("class", "auc", "ci_low", "ci_high")

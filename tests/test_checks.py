@@ -152,3 +152,98 @@ def test_library_blocked_reaches_module_and_notebook_names():
             with pytest.raises(checks.CheckFailed, match="compute it yourself"):
                 call()
     assert metrics.auc_table is original and namespace["auc_table"] is original
+
+
+# ----------------------------------------------------------------------------- ch1 exercise 1
+@pytest.fixture(scope="module")
+def manifest():
+    """60 patients with 1-4 images each: a small stand-in for chapter 1's ``m``."""
+    rng = np.random.default_rng(3)
+    counts = rng.integers(1, 5, 60)
+    patients = np.repeat([f"p{i:02d}" for i in range(60)], counts)
+    return pd.DataFrame({"patient_id": patients, "image_id": [f"i{k}" for k in range(len(patients))]})
+
+
+def patient_split(manifest, seed=0):
+    patients = np.random.default_rng(seed).permutation(np.sort(manifest["patient_id"].unique()))
+    table = {p: "train" for p in patients[:36]} | {p: "val" for p in patients[36:42]} | \
+        {p: "test" for p in patients[42:]}
+    return manifest["patient_id"].map(table)
+
+
+def right_count(manifest):
+    def count_shared(split):
+        split = np.asarray(split, dtype=object)
+        return len(set(manifest.loc[split == "train", "patient_id"]) & set(manifest.loc[split == "test", "patient_id"]))
+    return count_shared
+
+
+def test_patient_split_check_rejects_an_image_level_split_and_wrong_fractions(manifest):
+    checks.check_patient_split(patient_split(manifest), manifest, fractions=(0.6, 0.1, 0.3))
+    by_image = np.random.default_rng(0).choice(["train", "val", "test"], size=len(manifest), p=[0.6, 0.1, 0.3])
+    with pytest.raises(checks.CheckFailed, match="more than one split.*Assign splits to patients"):
+        checks.check_patient_split(by_image, manifest, fractions=(0.6, 0.1, 0.3))
+    swapped = patient_split(manifest).map({"train": "train", "val": "test", "test": "val"})
+    with pytest.raises(checks.CheckFailed, match="val holds 30% of the patients, expected about 10%"):
+        checks.check_patient_split(swapped, manifest, fractions=(0.6, 0.1, 0.3))
+
+
+def test_shared_count_check_accepts_a_real_count(manifest, capsys):
+    split = patient_split(manifest)
+    checks.check_shared_count(right_count(manifest), manifest, right_count(manifest)(split), split)
+    assert "✔" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    ("always zero", "says 0"),
+    ("counts images", "number of test IMAGES of shared patients"),
+    ("by image_id", "says 0"),
+    ("returns a float", "should return an int"),
+    ("n_shared typed in", "n_shared should be count_shared(my_split)"),
+])
+def test_shared_count_check_names_the_mistake(manifest, wrong, message):
+    split, count = patient_split(manifest), right_count(manifest)
+    n_shared = count(split)
+
+    def images_of_shared(s):
+        s = np.asarray(s, dtype=object)
+        train = set(manifest.loc[s == "train", "patient_id"])
+        return int(manifest.loc[s == "test", "patient_id"].isin(train).sum())
+
+    def by_image_id(s):
+        s = np.asarray(s, dtype=object)
+        return len(set(manifest.loc[s == "train", "image_id"]) & set(manifest.loc[s == "test", "image_id"]))
+
+    count = {"always zero": lambda s: 0, "counts images": images_of_shared, "by image_id": by_image_id,
+             "returns a float": lambda s: float(right_count(manifest)(s)),
+             "n_shared typed in": count}[wrong]
+    if wrong == "n_shared typed in":
+        n_shared = "0"
+    with pytest.raises(checks.CheckFailed, match=re.escape(message)):
+        checks.check_shared_count(count, manifest, n_shared, split)
+
+
+# ----------------------------------------------------------------------------- ch2 exercise 2
+def test_image_level_split_check_rejects_a_patient_level_split(manifest):
+    by_image = np.random.default_rng(0).choice(["train", "val", "test"], size=len(manifest), p=[0.6, 0.1, 0.3])
+    checks.check_image_level_split(by_image, manifest)
+    with pytest.raises(checks.CheckFailed, match="still a patient-level split"):
+        checks.check_image_level_split(patient_split(manifest), manifest)
+
+
+class AlwaysEqual(float):
+    def __eq__(self, other):
+        return True
+
+
+@pytest.mark.parametrize("leaky, message", [
+    (0.71, "equals patient_auc"),          # measured on the manifest's split
+    ("0.83", "not str"),                   # the printed value, copied as text
+    (0.80, "measure it on your own image-level split"),
+    (AlwaysEqual(0.5), "measure it on your own"),
+])
+def test_leaky_auc_check_names_the_mistake(leaky, message):
+    knn_auc = lambda split: 0.83  # noqa: E731 (the notebook's function, for one split)
+    checks.check_leaky_auc(0.83, ["train"], knn_auc, 0.71)
+    with pytest.raises(checks.CheckFailed, match=re.escape(message)):
+        checks.check_leaky_auc(leaky, ["train"], knn_auc, 0.71)
