@@ -247,3 +247,35 @@ def test_leaky_auc_check_names_the_mistake(leaky, message):
     checks.check_leaky_auc(0.83, ["train"], knn_auc, 0.71)
     with pytest.raises(checks.CheckFailed, match=re.escape(message)):
         checks.check_leaky_auc(leaky, ["train"], knn_auc, 0.71)
+
+
+# ----------------------------------------------------------------------------- exercise cells
+def _exercise_cells(path: Path) -> dict[str, str]:
+    cells = json.loads(path.read_text())["cells"]
+    return {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]) for c in cells
+            if c["cell_type"] == "code" and c["metadata"].get("nbgrader", {}).get("grade_id")}
+
+
+def _defined_names(source: str) -> set[str]:
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("ch*.ipynb")), ids=lambda p: p.stem)
+def test_check_cells_wait_for_the_names_their_answer_defines(path):
+    cells = _exercise_cells(path)
+    for grade_id, source in cells.items():
+        if not grade_id.endswith("-check"):
+            continue
+        first = source.lstrip().splitlines()[0]
+        if path.stem < "ch03":  # chapters 0-2 all guard their checks; later chapters may opt in
+            assert first.startswith("checks.require_answer("), f"{grade_id} starts with {first!r}"
+        if first.startswith("checks.require_answer("):
+            wanted = {a.value for a in ast.parse(first).body[0].value.args}
+            answer = cells[grade_id.replace("-check", "-answer")]
+            assert wanted <= _defined_names(answer), f"{grade_id} waits for names its answer never defines"
