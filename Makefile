@@ -12,14 +12,31 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# PyTorch: TORCH=auto (default) takes the CPU build from PyTorch's own index on a Linux machine
+# without an NVIDIA GPU (no 4 GB of CUDA libraries), TORCH=cpu always tries it, TORCH=pypi takes
+# the pinned wheel from PyPI (CUDA on Linux). When the CPU index cannot be reached, the pinned
+# PyPI wheel is installed instead. Both builds run every chapter.
+TORCH ?= auto
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
 setup: $(PY)  ## create .venv and install everything (torch, the course, test and grading tools)
-	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	@want="$(TORCH)"; \
+	if [ "$$want" = auto ]; then \
+	  if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then want=cpu; else want=pypi; fi; \
+	fi; \
+	if [ "$$want" = cpu ]; then \
+	  echo "Installing the CPU build of PyTorch from $(TORCH_CPU_INDEX)"; \
+	  if $(PY) -m pip install --retries 1 --timeout 20 --index-url $(TORCH_CPU_INDEX) $(TORCH_PINS); then exit 0; fi; \
+	  echo "PyTorch's CPU wheel index is not reachable: installing the pinned wheel from PyPI instead"; \
+	fi; \
+	$(PY) -m pip install $(TORCH_PINS)
 	$(PY) -m pip install -e ".[dev,instructor]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cxr course)" >/dev/null
 	@echo "Set-up done. Next: make course   (or: $(VENV)/bin/jupyter lab chapters/)"
 
-course:  ## run every chapter headless on the synthetic cohort; writes build/
-	$(PY) -m cxrlab.course --preset $(PRESET) --out $(BUILD)
+course:  ## run the learner chapters headless on the synthetic cohort into build/ (SOLUTIONS=1: instructors' copies into build/solutions/)
+	$(PY) -m cxrlab.course --preset $(PRESET) --out $(BUILD)$(if $(SOLUTIONS), --solutions)
 
 test: test-unit test-notebooks  ## unit tests, fetchers, grading, browser, then every notebook under nbval
 

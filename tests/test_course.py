@@ -130,3 +130,25 @@ def test_summary_table_lists_every_chapter():
                                                                       error="ValueError: x")]
     table = course.summary_table(runs)
     assert "ch00_a" in table and "ValueError: x" in table and "1/2 chapters ok" in table
+
+
+def test_learner_copies_by_default_solutions_only_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CXRLAB_RESULTS", raising=False)
+    for folder, answer in (("chapters", "raise NotImplementedError('expected')"),
+                           ("solutions", "### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION")):
+        (tmp_path / folder).mkdir()
+        _write(tmp_path / folder, "ch00_x.ipynb", [
+            _params(), new_code_cell(answer, metadata={"tags": ["raises-exception"]}),
+            new_code_cell(f"print('ran the {folder} copy')")])
+    monkeypatch.chdir(tmp_path)
+    assert course.main(["--out", "build", "--timeout", "60"]) == 0
+    assert "ran the chapters copy" in (tmp_path / "build" / "html" / "ch00_x.html").read_text()
+    assert not (tmp_path / "build" / "solutions").exists()
+
+    assert course.main(["--out", "build", "--timeout", "60", "--solutions"]) == 0
+    assert "ran the solutions copy" in (tmp_path / "build" / "solutions" / "html" / "ch00_x.html").read_text()
+    assert "ran the chapters copy" in (tmp_path / "build" / "html" / "ch00_x.html").read_text()
+
+    capsys.readouterr()
+    assert course.main(["--notebooks", "solutions", "--out", "build"]) == 2  # no flag: refused
+    assert "pass --solutions" in capsys.readouterr().err

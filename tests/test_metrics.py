@@ -123,25 +123,6 @@ def test_roc_confusion_calibration():
     assert cal["fraction_positive"].between(0, 1).all()
 
 
-def test_check_auc_table(capsys):
-    from cxrlab import checks
-
-    y = np.arange(30) % 3
-    proba = np.eye(3)[y] * 0.5 + 0.5 / 3
-    table = metrics.auc_table(y, proba, ["A", "B", "C"], n_boot=20)
-    checks.check_auc_table(table, ["A", "B", "C"], min_auc=0.9)
-    assert "AUC table looks right" in capsys.readouterr().out
-    with pytest.raises(checks.CheckFailed, match="expected one per class"):
-        checks.check_auc_table(table, ["B", "A", "C"])
-    with pytest.raises(checks.CheckFailed, match="inside its confidence interval"):
-        checks.check_auc_table(table.assign(ci_low=1.5), ["A", "B", "C"])
-    bad = metrics.auc_table(y, proba[:, ::-1], ["A", "B", "C"], n_boot=20)
-    with pytest.raises(checks.CheckFailed, match="below 0.9"):
-        checks.check_auc_table(bad, min_auc=0.9)
-    with pytest.raises(checks.CheckFailed, match="lacks column"):
-        checks.check_auc_table(table.drop(columns="ci_low"))
-
-
 def test_vectorised_macro_ci_equals_bootstrapping_macro_auc():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 3, 90)

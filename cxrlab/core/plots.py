@@ -21,6 +21,17 @@ from cxrlab import metrics
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
            "#000000"]
 GREY = "#999999"
+SYNTHETIC_GROUP_LABEL = "group (synthetic stand-in)"
+
+
+def group_label(source: str | None) -> str:
+    """The axis label for the target classes: the synthetic cohort's groups A, B, C are a
+    stand-in, never a race; real sources record self-reported race.
+
+    >>> group_label("synthetic"), group_label("mimic")
+    ('group (synthetic stand-in)', 'self-reported race')
+    """
+    return SYNTHETIC_GROUP_LABEL if source in (None, "synthetic") else "self-reported race"
 
 
 def _axes(ax=None, figsize=(5.5, 4.0)):
@@ -78,9 +89,10 @@ def plot_roc(y_true: Sequence | np.ndarray, proba: np.ndarray, classes: Sequence
 
 def plot_confusion(y_true: Sequence | np.ndarray, proba_or_pred: np.ndarray,
                    classes: Sequence[str], normalize: str | None = "true", ax=None,
-                   title: str = "Confusion matrix (test split)") -> Figure:
+                   title: str = "Confusion matrix (test split)", class_label: str = "class") -> Figure:
     """Confusion matrix as a heat map with the values written in; rows are true classes
-    (normalised per row by default, so each row reads as "of the true X, the share predicted Y")."""
+    (normalised per row by default, so each row reads as "of the true X, the share predicted Y").
+    ``class_label`` names the classes on the axes (e.g. :func:`group_label`)."""
     fig, ax = _axes(ax, (4.8, 4.2))
     cm = metrics.confusion(y_true, proba_or_pred, classes, normalize=normalize)
     image = ax.imshow(cm.to_numpy(), cmap="Blues", vmin=0)
@@ -92,7 +104,7 @@ def plot_confusion(y_true: Sequence | np.ndarray, proba_or_pred: np.ndarray,
                 color="white" if value > 0.6 * top else "black")
     ax.set_xticks(range(len(classes)), labels=list(classes))
     ax.set_yticks(range(len(classes)), labels=list(classes))
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    ax.set(xlabel=f"predicted {class_label}", ylabel=f"true {class_label}", title=title)
     fig.colorbar(image, ax=ax, label="share of the true class" if normalize else "images")
     return fig
 
@@ -139,7 +151,7 @@ def plot_auc_vs_paper(our_table: pd.DataFrame, dataset: str = "MIMIC-CXR",
                label=paper_label)
         ax.set_xticks(list(range(n)) + list(np.arange(len(paper)) + n + 1),
                       labels=[f"group {c}" for c in table["class"]] + list(paper.index))
-        xlabel = "synthetic group (left) | self-reported race in the paper (right)"
+        xlabel = f"{SYNTHETIC_GROUP_LABEL} (left) | self-reported race in the paper (right)"
     else:
         x = np.arange(n)
         ax.bar(x - 0.2, table.ours, 0.4, yerr=err, capsize=4, color=PALETTE[0], label=ours_label)

@@ -155,8 +155,8 @@ def exercise_label(grade_id: str) -> str:
 def stub_line(grade_id: str) -> str:
     """The line that replaces a solution in the learner's copy of the answer cell."""
     label = exercise_label(grade_id)
-    return (f'raise NotImplementedError("{label}: not implemented yet — replace this line '
-            'with your answer, then run the check cell below.")')
+    return (f'raise NotImplementedError("{label}: not implemented yet (this error is expected until '
+            'you write your answer) — replace this line with your answer, then run the check cell below.")')
 
 
 def convention_warnings(nb: NotebookNode, name: str) -> list[str]:

@@ -1,6 +1,9 @@
 """Run the whole course headless: ``python -m cxrlab.course --preset demo --out build``.
 
-Executes every ``solutions/ch*.ipynb`` in order in a fresh kernel, with the preset injected
+Executes every learner chapter ``chapters/ch*.ipynb`` in order in a fresh kernel (the
+exercises stay unanswered, so a self-learner who runs the course first sees no answer; with
+``--solutions`` the instructors' ``solutions/ch*.ipynb`` run instead, written under
+``<out>/solutions/``), with the preset injected
 papermill-style (a cell tagged ``injected-parameters`` after the ``parameters`` cell) and in
 the environment (``CXRLAB_PRESET``), and with ``CXRLAB_RESULTS=<out>/results.json`` so each
 chapter's :func:`cxrlab.results.record` calls land in one file. It writes
@@ -203,9 +206,17 @@ def run_course(notebooks: list[Path], out: Path, *, preset: str = "demo",
     return runs
 
 
-def _default_notebook_dir() -> Path:
-    here = Path.cwd() / "solutions"
-    return here if here.is_dir() else Path(__file__).resolve().parents[2] / "solutions"
+SOLUTION_MARK = "### BEGIN SOLUTION"
+
+
+def _default_notebook_dir(name: str) -> Path:
+    here = Path.cwd() / name
+    return here if here.is_dir() else Path(__file__).resolve().parents[2] / name
+
+
+def holds_solutions(path: Path) -> bool:
+    """Whether a notebook still carries exercise solutions (an instructor copy)."""
+    return any(SOLUTION_MARK in cell.source for cell in nbformat.read(path, as_version=4).cells)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="demo", help="demo, workshop or full (default demo)")
     parser.add_argument("--out", default="build", type=Path, help="build folder (default build)")
     parser.add_argument("--notebooks", type=Path, default=None,
-                        help="folder of chapter notebooks (default: solutions/)")
+                        help="folder of chapter notebooks (default: chapters/, the learner copies)")
+    parser.add_argument("--solutions", action="store_true",
+                        help="instructors: run solutions/ (answers included) into OUT/solutions/")
     parser.add_argument("--pattern", default=DEFAULT_PATTERN, help="which notebooks (glob)")
     parser.add_argument("--source", default=None,
                         help="override every chapter's SOURCE (default: each notebook's own)")
@@ -229,10 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset not in PRESETS:
         parser.error(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     preset = args.preset
-    notebooks = discover(args.notebooks or _default_notebook_dir(), args.pattern)
+    notebooks = discover(args.notebooks or _default_notebook_dir(
+        "solutions" if args.solutions else "chapters"), args.pattern)
     if not notebooks:
         print(f"no notebooks matching {args.pattern} found", file=sys.stderr)
         return 2
+    spoilers = [p.name for p in notebooks if holds_solutions(p)] if not args.solutions else []
+    if spoilers:
+        print(f"{', '.join(spoilers)} hold(s) the exercise solutions: pass --solutions to run them "
+              f"into {args.out / 'solutions'}/ (kept apart from the learners' {args.out}/html)",
+              file=sys.stderr)
+        return 2
+    if args.solutions:
+        args.out = args.out / "solutions"
     print(f"Running {len(notebooks)} chapter(s) with preset {preset!r} into {args.out}/")
     runs = run_course(notebooks, args.out, preset=preset, source=args.source,
                       timeout=args.timeout, kernel=args.kernel,

@@ -9,7 +9,11 @@ Chapters 3-5 keep their own checks next to their code (``cxrlab.probes`` etc.) a
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -104,6 +108,42 @@ def check_no_leakage(train: pd.DataFrame, test: pd.DataFrame,
            f"{test['patient_id'].nunique()} test patients are disjoint")
 
 
+def _shared_patients(labels: np.ndarray, manifest: pd.DataFrame) -> set[str]:
+    patients = manifest["patient_id"].astype(str).to_numpy()
+    return set(patients[labels == "train"]) & set(patients[labels == "test"])
+
+
+def check_shared_count(count_shared: Callable, manifest: pd.DataFrame, n_shared: object,
+                       my_split: pd.Series | Sequence[str], seed: int = 2024) -> None:
+    """Check chapter 1's leakage proof: ``count_shared(split)`` must count the patients with
+    images in both train and test of ANY split (tried on an image-level split made here, where
+    the answer is not 0), and ``n_shared`` must be its answer for ``my_split``."""
+    require(callable(count_shared), "count_shared must be a function: def count_shared(split): ...")
+    probe = np.random.default_rng(seed).choice(list(SPLITS), size=len(manifest), p=[0.5, 0.2, 0.3])
+    shared = _shared_patients(probe, manifest)
+    got = count_shared(list(probe))
+    require(isinstance(got, (int, np.integer)) and not isinstance(got, bool),
+            f"count_shared should return an int (a count of patients), not {type(got).__name__}")
+    test_rows = probe == "test"
+    leaked_images = int(manifest["patient_id"].astype(str)[test_rows].isin(shared).sum())
+    require(int(got) != leaked_images or leaked_images == len(shared),
+            f"on an image-level split your count_shared says {int(got)}: that is the number of test "
+            f"IMAGES of shared patients; count the patients (a set of patient_id), there are {len(shared)}")
+    require(int(got) != 0, f"on an image-level split where {len(shared)} patients are in both train and "
+            "test your count_shared says 0: compute the overlap from the split you are given (compare "
+            "sets of patient_id, not image_id), do not return 0")
+    require(int(got) == len(shared), f"on an image-level split your count_shared says {int(got)}, but "
+            f"{len(shared)} patients have images in both train and test: intersect the set of patient_id "
+            "in train with the set in test")
+    labels = _split_series(my_split, manifest).reset_index(drop=True).astype(str).to_numpy()
+    truth = len(_shared_patients(labels, manifest))
+    require(isinstance(n_shared, (int, np.integer)) and int(n_shared) == int(count_shared(list(labels))),
+            "n_shared should be count_shared(my_split), an int")
+    require(truth == 0, f"{truth} patients have images in both your train and test: the split leaks")
+    passed(f"count_shared works (it finds the {len(shared)} shared patients of an image-level split) "
+           "and proves your split has none")
+
+
 def check_image_level_split(split: pd.Series | Sequence[str], manifest: pd.DataFrame) -> None:
     """Check an image-level split for the chapter-2 leakage exercise: every image labelled,
     and (that is the point) some patients have images in both train and test."""
@@ -122,29 +162,238 @@ def check_image_level_split(split: pd.Series | Sequence[str], manifest: pd.DataF
            "(the leakage we want to measure)")
 
 
+def check_leaky_auc(leaky_auc: object, split: pd.Series | Sequence[str],
+                    knn_auc: Callable[[Sequence[str]], float], patient_auc: float) -> None:
+    """Check chapter 2's leak measurement: ``leaky_auc`` is a number, and it is
+    ``knn_auc(split)`` on the learner's image-level split (not the patient-level score)."""
+    require(isinstance(leaky_auc, (float, np.floating)) and not isinstance(leaky_auc, bool),
+            f"leaky_auc should be the number knn_auc returns, not {type(leaky_auc).__name__}")
+    require(abs(float(leaky_auc) - float(patient_auc)) > 1e-12, "leaky_auc equals patient_auc: did "
+            "you measure on the manifest's (patient-level) split instead of my_image_split?")
+    expected = float(knn_auc(split))
+    require(abs(float(leaky_auc) - expected) < 1e-9, f"leaky_auc is {float(leaky_auc):.4f}, but "
+            f"knn_auc(my_image_split) gives {expected:.4f}: measure it on your own image-level split")
+    passed(f"leak measured: {expected:.3f} on your image-level split vs {float(patient_auc):.3f} "
+           "patient-level")
+
+
 AUC_COLUMNS = ("class", "auc", "ci_low", "ci_high")
 
 
-def check_auc_table(table: pd.DataFrame, classes: Sequence[str] | None = None,
-                    min_auc: float | None = None) -> None:
-    """Check an AUC table from :func:`cxrlab.metrics.auc_table`: its columns, one row per
-    class, AUCs in [0, 1] inside their confidence intervals, optionally above ``min_auc``."""
+def require_answer(*names: str) -> None:
+    """First line of a check cell: fail with "answer the exercise above first" (instead of a
+    ``NameError``) while the learner has not yet defined ``names`` in the notebook.
+
+    >>> require_answer("surely_not_defined_here")
+    Traceback (most recent call last):
+    ...
+    cxrlab.checks.CheckFailed: answer the exercise above first: `surely_not_defined_here` is not defined yet (write your answer in the cell above and run it, then run this cell)
+    """
+    caller = inspect.currentframe().f_back  # the notebook's namespace (IPython runs cells there)
+    scope = {**caller.f_globals, **caller.f_locals}
+    missing = [n for n in names if n not in scope]
+    require(not missing, "answer the exercise above first: " + ", ".join(f"`{n}`" for n in missing)
+            + f" {'is' if len(missing) == 1 else 'are'} not defined yet (write your answer in the "
+            "cell above and run it, then run this cell)")
+
+
+@contextlib.contextmanager
+def library_blocked(*functions: Callable, namespace: dict | None = None) -> Iterator[None]:
+    """Within the block, the library ``functions`` an exercise re-implements raise
+    :class:`CheckFailed` when called, through their module or through a name bound to them in
+    ``namespace`` (the notebook's ``globals()``): hidden tests run the learner's code in it.
+
+    >>> from cxrlab import metrics
+    >>> with library_blocked(metrics.macro_auc):
+    ...     metrics.macro_auc([0, 1], np.array([0.1, 0.9]))
+    Traceback (most recent call last):
+    ...
+    cxrlab.checks.CheckFailed: your answer calls cxrlab.metrics.macro_auc: this exercise asks you to compute it yourself
+    """
+    saved: list[tuple[object, str, object]] = []
+
+    def blocker_for(function: Callable) -> Callable:
+        def blocked(*_args, **_kwargs):
+            raise CheckFailed(f"your answer calls {function.__module__}.{function.__name__}: "
+                              "this exercise asks you to compute it yourself")
+        return blocked
+
+    try:
+        for function in functions:
+            blocker = blocker_for(function)
+            module = sys.modules[function.__module__]
+            saved.append((module, function.__name__, function))
+            setattr(module, function.__name__, blocker)
+            for name, value in list((namespace or {}).items()):
+                if value is function:
+                    saved.append((namespace, name, value))
+                    namespace[name] = blocker
+        yield
+    finally:
+        for target, name, value in reversed(saved):
+            if isinstance(target, dict):
+                target[name] = value
+            else:
+                setattr(target, name, value)
+
+
+def bootstrap_by_hand(y: np.ndarray, P: np.ndarray, units: np.ndarray | None, n_boot: int,
+                      seed: int, level: float = 0.95) -> list[tuple[float, float]]:
+    """``(ci_low, ci_high)`` per class, resampled exactly as chapter 2's exercise 1 hints:
+    one ``np.random.default_rng(seed)``, ``rng.choice(np.unique(units), size, replace=True)``
+    per resample (``units=None``: the images themselves), resamples with one class skipped."""
+    from cxrlab.metrics import weighted_aucs
+
+    y, P = np.asarray(y), np.asarray(P, dtype=float)
+    units = np.arange(len(y)) if units is None else np.asarray(units)
+    values, codes = np.unique(units, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    drawn = np.stack([rng.choice(len(values), size=len(values), replace=True) for _ in range(n_boot)])
+    weights = np.stack([np.bincount(d, minlength=len(values)) for d in drawn])[:, codes]
+    tail = 100 * (1 - level) / 2
+    out = []
+    for j in range(P.shape[1]):
+        boots = weighted_aucs((y == j).astype(int), P[:, j], weights)
+        low, high = np.percentile(boots[~np.isnan(boots)], [tail, 100 - tail])
+        out.append((float(low), float(high)))
+    return out
+
+
+def _auc_table_floats(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """The learner's table as plain floats, one row per class in ``classes`` order."""
     require(isinstance(table, pd.DataFrame), f"expected a DataFrame, got {type(table).__name__}")
     missing = [c for c in AUC_COLUMNS if c not in table.columns]
-    require(not missing, f"the table lacks column(s) {missing}; use cxrlab.metrics.auc_table")
-    if classes is not None:
-        require(list(map(str, table["class"])) == list(map(str, classes)),
-                f"rows are {list(table['class'])}, expected one per class {list(classes)}: "
-                "did you pass the class names in the order of the probability columns?")
-    auc = table["auc"].astype(float)
-    require(auc.notna().all(), "some AUCs are NaN: does every class occur in the test split?")
-    require(auc.between(0, 1).all(), "AUCs must lie between 0 and 1")
-    inside = (table["ci_low"] <= auc + 1e-9) & (auc <= table["ci_high"] + 1e-9)
-    require(inside.all(), "every AUC should lie inside its confidence interval: did you swap "
-            "columns or pass probabilities of the wrong class?")
-    if min_auc is not None:
-        low = table.loc[auc < min_auc, "class"].tolist()
-        require(not low, f"AUC below {min_auc} for {low}: were the probabilities computed on "
-                "the test split with the trained model (not an untrained one)?")
-    summary = ", ".join(f"{c} {a:.3f}" for c, a in zip(table["class"], auc))
-    passed(f"AUC table looks right: {summary}")
+    require(not missing, f"the table lacks column(s) {missing}: it needs columns {list(AUC_COLUMNS)}")
+    require(list(map(str, table["class"])) == list(map(str, classes)),
+            f"rows are {list(table['class'])}, expected one per class {list(classes)}, in that order")
+    try:
+        values = table[list(AUC_COLUMNS[1:])].astype(float).reset_index(drop=True)
+    except (TypeError, ValueError) as err:
+        raise CheckFailed(f"auc, ci_low and ci_high must be numbers ({err})") from None
+    require(bool(values.notna().all().all()), "some values are NaN: does every class occur in the test "
+            "split, and did you skip resamples that hold only one class?")
+    return values
+
+
+def _check_point_estimates(mine: np.ndarray, truth: np.ndarray, classes: Sequence[str]) -> None:
+    if np.allclose(mine, truth, atol=1e-6):
+        return
+    inverted = np.isclose(mine, 1 - truth, atol=1e-6) & ~np.isclose(truth, 0.5, atol=1e-6)
+    require(not inverted.any(), f"the AUC of {[c for c, i in zip(classes, inverted) if i]} is 1 minus "
+            "the right value: score the images of class j (y == j) as positives with P[:, j]")
+    require(not np.allclose(np.sort(mine), np.sort(truth), atol=1e-6), "the AUCs are right but in the "
+            "wrong rows (swapped classes): row j must use y == j and column j of P")
+    worst = int(np.argmax(np.abs(mine - truth)))
+    raise CheckFailed(f"the AUC of {classes[worst]} is {mine[worst]:.4f}, expected {truth[worst]:.4f}: "
+                      "compute roc_auc_score(y == j, P[:, j]) on the whole test split, not on a resample")
+
+
+def _exactly(low: np.ndarray, high: np.ndarray, ref: np.ndarray) -> bool:
+    return bool(np.allclose(low, ref[:, 0], atol=1e-9) and np.allclose(high, ref[:, 1], atol=1e-9))
+
+
+def _interval_mistake(low: np.ndarray, high: np.ndarray, y: np.ndarray, P: np.ndarray,
+                      patients: np.ndarray, n_boot: int, seed: int) -> str | None:
+    """Which interval the learner computed (a key of :data:`INTERVAL_HINTS`), or ``None`` for a
+    95% patient-level bootstrap. First the exact resampling of the hints (patients, images,
+    90%); other implementations are compared, within Monte Carlo noise, with 1000 resamples."""
+    def variants(k: int) -> dict[str, np.ndarray]:
+        return {"patients": np.array(bootstrap_by_hand(y, P, patients, k, seed)),
+                "images": np.array(bootstrap_by_hand(y, P, None, k, seed)),
+                "90%": np.array(bootstrap_by_hand(y, P, patients, k, seed, level=0.90))}
+
+    exact = [name for name, ref in variants(n_boot).items() if _exactly(low, high, ref)]
+    if exact:
+        return None if exact[0] == "patients" else exact[0]
+    refs = variants(1000)
+    tolerance = 0.35 * (refs["patients"][:, 1] - refs["patients"][:, 0]) + 0.003
+    distance = {name: float(np.max((np.abs(low - ref[:, 0]) + np.abs(high - ref[:, 1])) / tolerance))
+                for name, ref in refs.items()}
+    return None if distance["patients"] <= 1 else min(distance, key=distance.get)
+
+
+INTERVAL_HINTS = {
+    "images": "did you resample images instead of patients? Draw patient ids with replacement "
+              "and take all the rows of each drawn patient",
+    "90%": "is this a 90% interval? A 95% interval runs from the 2.5th to the 97.5th percentile",
+    "patients": "the interval ends differ from a patient-level bootstrap with 200 resamples: "
+                "resample patients with replacement, recompute the AUC on each resample, and take "
+                "the 2.5th and 97.5th percentiles",
+}
+
+
+def check_auc_table(table: pd.DataFrame, y: np.ndarray, P: np.ndarray, patients: np.ndarray,
+                    classes: Sequence[str], n_boot: int = 200, seed: int = 0) -> None:
+    """Check chapter 2's hand-made AUC table against ``y``, ``P`` and ``patients``: one row per
+    class with the one-vs-rest AUC and a 95% patient-level bootstrap interval.
+
+    Recognises the likely mistakes and names them: an image-level bootstrap, a 90% interval,
+    a zero-width interval, inverted (``1 - AUC``) and swapped AUCs.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y, P, patients = np.asarray(y), np.asarray(P, dtype=float), np.asarray(patients)
+    values = _auc_table_floats(table, classes)
+    truth = np.array([roc_auc_score(y == j, P[:, j]) for j in range(len(classes))])
+    _check_point_estimates(values["auc"].to_numpy(), truth, classes)
+    low, high = values["ci_low"].to_numpy(), values["ci_high"].to_numpy()
+    require(bool(np.all(low <= high + 1e-12)), "ci_low is above ci_high: are the columns swapped?")
+    ref = np.array(bootstrap_by_hand(y, P, patients, n_boot, seed))
+    flat = (high - low < 1e-9) & (ref[:, 1] - ref[:, 0] > 1e-6)
+    require(not flat.any(), f"the interval of {[c for c, f in zip(classes, flat) if f]} has zero width: "
+            "recompute the AUC on every resample (new rows each time), then take percentiles")
+    require(not (mistake := _interval_mistake(low, high, y, P, patients, n_boot, seed)),
+            INTERVAL_HINTS.get(mistake or "", ""))
+    summary = ", ".join(f"{c} {a:.3f} ({lo:.3f}-{hi:.3f})" for c, a, lo, hi in zip(classes, truth, low, high))
+    passed(f"AUC table with 95% patient-level intervals: {summary}")
+
+
+def clustered_cohort(seed: int, n_patients: int = 40, images_per_patient: int = 5,
+                     n_classes: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fresh test inputs for hidden tests: ``y`` (class per image), ``P`` (probabilities) and
+    ``patients``, where a patient's images score alike, so resampling images gives visibly
+    narrower intervals than resampling patients."""
+    rng = np.random.default_rng(seed)
+    patient_class = rng.integers(0, n_classes, n_patients)
+    patient_effect = rng.normal(0, 1.2, (n_patients, n_classes))
+    patients = np.repeat([f"q{seed}-{i:03d}" for i in range(n_patients)], images_per_patient)
+    owner = np.repeat(np.arange(n_patients), images_per_patient)
+    logits = patient_effect[owner] + 0.2 * rng.normal(size=(len(owner), n_classes))
+    logits[np.arange(len(owner)), patient_class[owner]] += 1.0
+    P = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return patient_class[owner], P, patients
+
+
+# ----------------------------------------------------------------------------- claims
+CLAIMS_ENV = "CXRLAB_CLAIMS"
+
+
+class ClaimFailed(AssertionError):
+    """A sentence of the notebook's text is not true of the numbers the notebook printed."""
+
+
+def claim(condition: bool, sentence: str, detail: str = "") -> bool:
+    """Check that a "What to see" sentence is true of the numbers just computed.
+
+    ``sentence`` is quoted verbatim (up to line breaks) from the markdown cell that states it;
+    ``tests/test_checks.py`` fails when a notebook's claim quotes a sentence its text no longer
+    contains. When ``condition`` holds the call is silent and returns ``True``. When it does
+    not, it raises :class:`ClaimFailed`, so nbval, ``make course`` and CI fail as soon as the
+    data stop supporting the text; with ``CXRLAB_CLAIMS=warn`` (a learner exploring another
+    source or seed) it prints a warning instead and returns ``False``.
+
+    >>> claim(0.97 > 0.5, "every class is recognised well above chance")
+    True
+    >>> claim(0.42 > 0.5, "every class is recognised well above chance", "AUC 0.42")
+    Traceback (most recent call last):
+    ...
+    cxrlab.checks.ClaimFailed: the text says "every class is recognised well above chance", but these numbers do not show it (AUC 0.42)
+    """
+    if bool(condition):
+        return True
+    message = (f'the text says "{sentence}", but these numbers do not show it'
+               + (f" ({detail})" if detail else ""))
+    if os.environ.get(CLAIMS_ENV, "").strip().lower() == "warn":
+        print(f"⚠ {message}. Trust the numbers, not the sentence.")
+        return False
+    raise ClaimFailed(message)
