@@ -65,7 +65,10 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder):
         new = ALIASES.get(fullname)
         if new is None:
             return None
-        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(new))
+        real = importlib.util.find_spec(new)
+        # the real file as origin, so ``python -m old`` runs it with the right ``__file__``
+        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(new),
+                                              origin=real.origin if real else None)
 
 
 def install() -> None:
