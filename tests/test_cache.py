@@ -77,3 +77,24 @@ def test_missing_file_is_explained(tmp_path):
                        "abspath": [str(tmp_path / "nope.png")]})
     with pytest.raises(FileNotFoundError, match="nope.png"):
         cache.load_image_cache(df, 16, tmp_path / "cache", progress=False)
+
+
+def test_chunked_build_equals_one_chunk_and_is_a_plain_npy(tmp_path, monkeypatch):
+    """The builder writes chunk by chunk (bounded memory); a short last chunk is kept."""
+    df = _manifest(tmp_path, n=7)
+    whole = np.array(cache.load_image_cache(df, 16, tmp_path / "one", progress=False))
+    monkeypatch.setattr(cache, "CHUNK", 3)
+    decoded = []
+    real_decode = cache.decode_image
+
+    def counting(path, size):
+        decoded.append(path)
+        return real_decode(path, size)
+
+    monkeypatch.setattr(cache, "decode_image", counting)
+    chunked = cache.load_image_cache(df, 16, tmp_path / "three", progress=False)
+    np.testing.assert_array_equal(chunked, whole)
+    assert len(decoded) == 7
+    target = cache.cache_path(df, 16, tmp_path / "three")
+    assert target.stat().st_size == 7 * 16 * 16 + 128      # header + pixels, nothing else
+    np.testing.assert_array_equal(np.load(target), whole)   # a standard .npy file

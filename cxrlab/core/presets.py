@@ -6,6 +6,13 @@ overrides it, so CI and ``make course`` run ``demo`` whatever the notebook says.
 Measured on 2 CPU cores (torch 2.14.1, channels-last models): the small CNN trains at about
 1,300 img/s at 64 px and 290 at 128 px (about 1,000 and 210 with the course's augmentation);
 ResNet-18 at 180 and 53; see bench/README.md.
+
+``full`` follows Gichoya et al. 2022's recipe as their code has it: ImageNet ResNet-34 at
+320 px, Adam 1e-3, batch 256 (split over GPUs by :mod:`cxrlab.core.replicate`). By the
+model's arithmetic (bench/bench_replicate.py) a batch of 256 at 320 px needs about 11 GB of
+GPU memory with mixed precision (about 22 GB in float32), so one 16 GB GPU or larger holds
+it; the old 224 px / 64 was sized for a small GPU. Not run on a GPU here. The chapters cap a
+real source at ``max_images``; the replication command uses every image unless told otherwise.
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "demo": Preset("demo", 64, 800, 2000, "smallcnn", False, 6, 32, 2, 2e-3, 200),
     "workshop": Preset("workshop", 128, 2400, 6000, "smallcnn", False, 10, 32, 3, 1e-3, 500),
-    "full": Preset("full", 224, 12000, 100_000, "resnet34", True, 30, 64, 5, 1e-3, 1000),
+    "full": Preset("full", 320, 12000, 100_000, "resnet34", True, 30, 256, 5, 1e-3, 1000),
 }
 
 

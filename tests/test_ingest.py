@@ -1,0 +1,119 @@
+"""Parallel ingest: same pixels as the one-thread fetchers, stream order, atomic writes, and
+JPEG draft decoding within its stated tolerance on a real-sized radiograph."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_fetch import ingest
+from data_fetch.sources import _common as C
+
+
+def _encoded(img: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mimic_sized_jpeg() -> bytes:
+    """A 2,500 x 3,000 radiograph-like JPEG, as MIMIC-CXR-JPG ships them."""
+    return _encoded(ingest.radiograph_like(3000, 2500, seed=1), "JPEG", quality=95)
+
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img, dtype=np.int16)
+
+
+def test_draft_decoding_within_the_stated_tolerance(mimic_sized_jpeg, tmp_path):
+    assert 1_000_000 < len(mimic_sized_jpeg) < 3_000_000       # a real file's size, not a toy
+    full = np.asarray(C.square_resize(C.decode_image(mimic_sized_jpeg, "x"), 320), np.int16)
+    drafted = np.asarray(ingest.square_resize_bytes(mimic_sized_jpeg, "x", 320), np.int16)
+    assert drafted.shape == full.shape == (320, 320)
+    diff = np.abs(drafted - full)
+    assert diff.max() <= ingest.DRAFT_MAX_ABS_DIFF, diff.max()
+    assert diff.mean() <= ingest.DRAFT_MEAN_ABS_DIFF, diff.mean()
+    assert diff.max() > 0            # the draft path really ran (it is not the full decode)
+
+
+def test_draft_is_off_for_png_and_when_asked(mimic_sized_jpeg):
+    full = np.asarray(C.square_resize(C.decode_image(mimic_sized_jpeg, "x"), 320))
+    exact = np.asarray(ingest.square_resize_bytes(mimic_sized_jpeg, "x", 320, draft=False))
+    np.testing.assert_array_equal(exact, full)
+    png = _encoded(ingest.radiograph_like(1024, 1024, seed=2), "PNG")
+    np.testing.assert_array_equal(
+        np.asarray(ingest.square_resize_bytes(png, "p", 256)),
+        np.asarray(C.square_resize(C.decode_image(png, "p"), 256)))
+
+
+def test_pool_matches_store_image_in_order_and_reports_corrupt_files(tmp_path):
+    sources = [ingest.radiograph_like(300 + 20 * i, 280, seed=i) for i in range(7)]
+    payloads = [_encoded(img, "PNG") for img in sources]
+    payloads[3] = b"not an image at all"
+    items = [(data, f"img{i}.png", tmp_path / "out" / f"img{i}.png", 64)
+             for i, data in enumerate(payloads)]
+    with ingest.ImagePool(workers=2, batch=2) as pool:
+        results = list(pool.map_store(iter(items)))
+    assert [r.name for r in results] == [f"img{i}.png" for i in range(7)]
+    assert [r.ok for r in results] == [True, True, True, False, True, True, True]
+    assert "cannot decode image" in results[3].error
+    assert not (tmp_path / "out" / "img3.png").exists()
+    for i in (0, 6):
+        reference = tmp_path / f"ref{i}.png"
+        C.store_image(payloads[i], f"img{i}.png", reference, 64)
+        np.testing.assert_array_equal(_pixels(results[i].out_path), _pixels(reference))
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_already_stored_items_pass_through_without_work(tmp_path):
+    out = tmp_path / "kept.png"
+    results = ingest.store_all([(None, "kept.png", out, 64)], workers=0)
+    assert results == [ingest.Stored("kept.png", out, None)] and not out.exists()
+
+
+def test_pool_reads_the_stream_lazily(tmp_path):
+    """A long stream is not read ahead without bound: memory stays bounded."""
+    data = _encoded(ingest.radiograph_like(64, 64), "PNG")
+    read = []
+
+    def stream():
+        for i in range(200):
+            read.append(i)
+            yield data, f"{i}.png", tmp_path / f"{i}.png", 32
+
+    with ingest.ImagePool(workers=1) as pool:
+        results = pool.map_store(stream())
+        next(results)
+        assert len(read) <= 1 + ingest.PENDING_PER_WORKER
+        assert len(list(results)) == 199
+
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    data = _encoded(ingest.radiograph_like(64, 64), "JPEG")
+
+    def disk_full(self, fp, *args, **kwargs):
+        with open(fp, "wb") as handle:        # half a PNG reaches the disk, then it fails
+            handle.write(b"\x89PNG\r\n")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        ingest.store_all([(data, "a.jpg", tmp_path / "out" / "a.png", 32)], workers=0)
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_workers_option(monkeypatch):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    ingest.add_workers_argument(parser)
+    assert parser.parse_args([]).workers is None
+    assert parser.parse_args(["--workers", "3"]).workers == 3
+    assert ingest.ImagePool(None).workers == ingest.default_workers() >= 1
+    with pytest.raises(ValueError):
+        ingest.ImagePool(-1)
