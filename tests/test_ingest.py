@@ -94,26 +94,39 @@ def test_pool_reads_the_stream_lazily(tmp_path):
 
 
 def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import builtins
+
+    from data_fetch import paths
+
     data = _encoded(ingest.radiograph_like(64, 64), "JPEG")
 
-    def disk_full(self, fp, *args, **kwargs):
-        with open(fp, "wb") as handle:        # half a PNG reaches the disk, then it fails
-            handle.write(b"\x89PNG\r\n")
-        raise OSError("No space left on device")
+    class FullDisk:
+        """A file that takes half of what is written, then reports a full disk."""
 
-    monkeypatch.setattr(Image.Image, "save", disk_full)
+        def __init__(self, path, mode):
+            self.handle = builtins.open(path, mode)
+
+        def write(self, payload):
+            self.handle.write(payload[: len(payload) // 2])   # half a PNG reaches the disk
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(paths, "open", FullDisk, raising=False)
     with pytest.raises(OSError, match="No space"):
         ingest.store_all([(data, "a.jpg", tmp_path / "out" / "a.png", 32)], workers=0)
     assert os.listdir(tmp_path / "out") == []
 
 
-def test_workers_option(monkeypatch):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    ingest.add_workers_argument(parser)
-    assert parser.parse_args([]).workers is None
-    assert parser.parse_args(["--workers", "3"]).workers == 3
-    assert ingest.ImagePool(None).workers == ingest.default_workers() >= 1
+def test_pool_sizes():
+    for workers, expected in ((None, ingest.default_workers()), (1, 0), (2, 2)):
+        with ingest.fetch_pool(workers) as pool:       # --workers 1: this process, no pool
+            assert pool.workers == expected
+    with ingest.ImagePool(None) as pool:
+        assert pool.workers == ingest.default_workers() >= 1
     with pytest.raises(ValueError):
         ingest.ImagePool(-1)
