@@ -17,6 +17,13 @@ they were with one thread), at most ``workers * PENDING_PER_WORKER`` images are 
 memory of a pool is bounded whatever the stream's length), and each PNG is written to a
 temporary name and renamed, so an interrupted run never leaves half a file.
 
+The fetchers (``nih``, ``chexpert``, ``mimic``; ``--workers N``, see :func:`fetch_pool`) decide
+each image in their own loop and use a :class:`StoreQueue`: it hands results back in order
+and lets the loop wait for the ones a decision depends on (a ``--limit`` budget, an earlier
+file of the same name), so the dataset is the same, byte for byte, with 1 or N workers. Worker
+processes ignore Ctrl-C; the fetcher gets it, cancels what has not started and waits for the
+PNGs being written.
+
 JPEG draft decoding: libjpeg can decode at 1/2, 1/4 or 1/8 scale by dropping DCT
 coefficients, which is much cheaper than decoding every pixel. :func:`square_resize_bytes`
 asks for the smallest draft that is still at least ``size`` pixels on its short side, then
@@ -36,6 +43,7 @@ import signal
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -281,7 +289,11 @@ class StoreQueue:
         the oldest while more than ``workers * PENDING_PER_WORKER`` are in flight."""
         item = IngestItem(*item)
         path = Path(item.out_path)
-        self._queue.append((tag, path, self.pool.start(item)))
+        try:
+            job = self.pool.start(item)
+        except BrokenProcessPool:
+            raise _stopped(path) from None
+        self._queue.append((tag, path, job))
         self._paths[path] += 1
         while self._queue and (isinstance(self._queue[0][2], _Ready)
                                or len(self._queue) > self._limit):
@@ -311,7 +323,17 @@ class StoreQueue:
     def _collect(self) -> None:
         tag, path, job = self._queue.popleft()
         self._paths[path] -= 1
-        self.on_done(tag, job.result())
+        try:
+            stored = job.result()
+        except BrokenProcessPool:
+            raise _stopped(path) from None
+        self.on_done(tag, stored)
+
+
+def _stopped(path: Path) -> RuntimeError:
+    """The error for a pool whose process died (the kernel's out-of-memory killer, a crash)."""
+    return RuntimeError(f"a decoding process stopped while storing {path.name} (out of memory?);"
+                        " the images stored so far are kept: run again, with a smaller --workers")
 
 
 def fetch_pool(workers: int | None = None) -> ImagePool:

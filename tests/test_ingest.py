@@ -130,3 +130,36 @@ def test_pool_sizes():
         assert pool.workers == ingest.default_workers() >= 1
     with pytest.raises(ValueError):
         ingest.ImagePool(-1)
+
+
+def test_a_killed_worker_is_one_clear_error(tmp_path):
+    """A decoder process that dies (the kernel's OOM killer) stops the run with a sentence."""
+    data = _encoded(ingest.radiograph_like(64, 64), "PNG")
+    done = []
+    with ingest.ImagePool(workers=1) as pool:
+        with pytest.raises(RuntimeError, match="decoding process stopped.*--workers"):
+            with ingest.StoreQueue(pool, lambda tag, stored: done.append(stored)) as queue:
+                queue.put((data, "a.png", tmp_path / "a.png", 32))
+                queue.settle()
+                for process in list(pool._executor._processes.values()):
+                    process.kill()
+                    process.join()
+                queue.put((data, "b.png", tmp_path / "b.png", 32))
+                queue.settle()
+    assert [s.name for s in done] == ["a.png"] and (tmp_path / "a.png").exists()
+
+
+def test_store_queue_keeps_order_and_waits_for_a_path_in_flight(tmp_path):
+    good = _encoded(ingest.radiograph_like(64, 64), "PNG")
+    items = [(good, "0", tmp_path / "0.png", 16), (b"broken", "1", tmp_path / "1.png", 16),
+             (None, "2", tmp_path / "2.png", 16, "left out"), (good, "3", tmp_path / "3.png", 16)]
+    done = []
+    with ingest.ImagePool(workers=2) as pool:
+        with ingest.StoreQueue(pool, lambda tag, stored: done.append((tag, stored.error))) as queue:
+            for i, item in enumerate(items):
+                queue.put(item, tag=i)
+            assert queue.pending(tmp_path / "3.png") or done[-1][0] == 3
+            queue.settle(tmp_path / "3.png")
+            assert not queue.pending(tmp_path / "3.png") and queue.in_flight == 0
+    assert [tag for tag, _ in done] == [0, 1, 2, 3]
+    assert done[0][1] is None and "cannot decode" in done[1][1] and done[2][1] == "left out"
