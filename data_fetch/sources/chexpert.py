@@ -10,7 +10,9 @@ other users of the machine in the process list).
 
 The zip is downloaded to ``chexpert.zip.part`` (resumable) and renamed only once its declared
 length matched and its central directory reads; a damaged zip found later is downloaded again.
-Each image is read with its CRC-32 checked and a size cap (:data:`~data_fetch.sources.images.MAX_MEMBER_BYTES`).
+Each image is read with its CRC-32 checked and a size cap
+(:data:`~data_fetch.sources.images.MAX_MEMBER_BYTES`), in order, and decoded by
+``--workers N`` processes (the result is the same whatever N).
 
 Self-reported race comes from ``CHEXPERT DEMO.xlsx`` (columns ``PATIENT, GENDER, AGE_AT_CXR,
 PRIMARY_RACE, ETHNICITY``), joined on the patient id in ``Path``. As in Gichoya et al. 2022,

@@ -8,9 +8,10 @@ Credentials come from ``$PHYSIONET_USERNAME`` / ``$PHYSIONET_PASSWORD`` (sent to
 ``physionet.org`` only), ``~/.netrc`` (``machine HOST login USER password PASS``, per host) or a
 prompt; they are never printed or stored, and each base (``--mirror``, ``--mimic-iv``) gets only
 its own host's credentials, over HTTPS only. Files are fetched one at a time (PhysioNet
-throttles parallel downloads), with retries that honour ``Retry-After`` on 429/5xx; an image
-that still fails is skipped and listed in the data card (the run stops only when more than
-10% fail), and a re-run tries it again. Or read a local copy (``--local``, ``$MIMIC_CXR_DIR``).
+throttles parallel downloads) and decoded meanwhile by ``--workers N`` processes, with
+retries that honour ``Retry-After`` on 429/5xx; an image that still fails is skipped and
+listed in the data card (the run stops only when more than 10% fail), and a re-run tries it
+again. Or read a local copy (``--local``, ``$MIMIC_CXR_DIR``).
 
 A subset is chosen by ``--count N`` (whole patients in a seeded order) or ``--list FILE`` (lines
 like those of ``IMAGE_FILENAMES``: ``files/p10/p10000032/s50414267/<dicom_id>.jpg``). Frontal

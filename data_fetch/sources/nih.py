@@ -5,6 +5,8 @@ PNGs (1024 x 1024) of 30,805 patients in 12 archives ``images_001.tar.gz`` ...
 ``images_012.tar.gz`` on Box (about 45 GB; the first is 2.0 GB with 4,999 images). Each
 archive is read as a stream (``tarfile`` mode ``r|gz`` over the HTTP response) and every image
 is resized while streaming, so the archive need not be kept (``--keep-archive`` keeps it).
+The stream is read here, in order; ``--workers N`` processes decode and resize the PNG bytes
+meanwhile, and the images, manifest and data card are the same whatever N.
 
 What is verified before an archive counts as read: every gzip member's CRC-32 and length
 (the gzip trailer), the tar end-of-archive marker, the declared ``Content-Length`` and, where
