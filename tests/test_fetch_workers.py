@@ -69,6 +69,8 @@ def nih_archive() -> bytes:
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for i, name in enumerate(names[:2]):
             nih_case._add(tar, f"images/{name}", nih_case.png_bytes(i, ["L", "I;16"][i % 2]))
+            if i == 0:      # the same name again while the first is still being decoded
+                nih_case._add(tar, f"other/{name}", nih_case.png_bytes(98))
         nih_case._add(tar, f"images/{nih_case.CORRUPT}", b"\x89PNG\r\n\x1a\n not a png")
         nih_case._add(tar, "images/README.txt", b"not an image")
         for i, name in enumerate(names[2:], start=2):
@@ -97,6 +99,7 @@ def test_nih_same_dataset_with_one_and_two_workers(tmp_path, monkeypatch, limit)
     names = pd.read_csv(two / "manifest.csv")["image_id"].tolist()
     expected = [Path(n).stem for n, *_ in nih_case.IMAGES]
     assert names == (expected[:3] if limit else expected)
+    assert "a second file named" in reasons[nih_case.IMAGES[0][0]]
     if limit is None:
         assert "a second file named" in reasons[nih_case.IMAGES[1][0]]
 
@@ -155,6 +158,19 @@ def test_chexpert_same_dataset_with_one_and_two_workers(tmp_path):
     reasons = {x["image"]: x["reason"] for x in excluded(tmp_path / "w2")}
     assert "cannot decode image" in reasons["train/patient00009/study1/view1_frontal"]
     assert len(pd.read_csv(tmp_path / "w2" / "manifest.csv")) == 8
+
+
+def test_chexpert_corrupt_and_missing_among_good_ones(tmp_path):
+    local = tmp_path / "copy.zip"
+    chexpert_zip(local, 12, corrupt=(2, 7), missing=(4,))
+    for workers in (1, 2):
+        chexpert.fetch_chexpert(tmp_path / f"w{workers}", local=local, size=16, progress=False,
+                                workers=workers)
+    assert_same_dataset(tmp_path / "w1", tmp_path / "w2")
+    reasons = [(x["image"].split("/")[1], x["reason"]) for x in excluded(tmp_path / "w2")]
+    assert [name for name, _ in reasons] == ["patient00003", "patient00005", "patient00008"]
+    assert "missing from the copy" in reasons[1][1] and "cannot decode" in reasons[2][1]
+    assert len(pd.read_csv(tmp_path / "w2" / "manifest.csv")) == 9
 
 
 # ----------------------------------------------------------------------------- MIMIC
@@ -217,13 +233,16 @@ def test_help_documents_workers(source, capsys):
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
-def chexpert_zip(path: Path, n_images: int) -> None:
-    """A CheXpert-layout zip of ``n_images`` frontal JPEGs (one patient each)."""
+def chexpert_zip(path: Path, n_images: int, corrupt: tuple[int, ...] = (),
+                 missing: tuple[int, ...] = ()) -> None:
+    """A CheXpert-layout zip of ``n_images`` frontal JPEGs (one patient each); the images
+    numbered in ``corrupt`` are broken, those in ``missing`` listed but not in the zip."""
     rows = []
     with zipfile.ZipFile(path, "w") as z:
         for i in range(n_images):
             member = f"{cx_case.ROOT}/train/patient{i + 1:05d}/study1/view1_frontal.jpg"
-            z.writestr(member, cx_case.jpeg(i))
+            if i not in missing:
+                z.writestr(member, b"\xff\xd8 broken" if i in corrupt else cx_case.jpeg(i))
             rows.append({"Path": member, "Sex": "Female", "Age": 50, "Frontal/Lateral": "Frontal",
                          "AP/PA": "AP"})
         z.writestr(f"{cx_case.ROOT}/train.csv", pd.DataFrame(rows).to_csv(index=False))
