@@ -17,6 +17,13 @@ they were with one thread), at most ``workers * PENDING_PER_WORKER`` images are 
 memory of a pool is bounded whatever the stream's length), and each PNG is written to a
 temporary name and renamed, so an interrupted run never leaves half a file.
 
+The fetchers (``nih``, ``chexpert``, ``mimic``; ``--workers N``, see :func:`fetch_pool`) decide
+each image in their own loop and use a :class:`StoreQueue`: it hands results back in order
+and lets the loop wait for the ones a decision depends on (a ``--limit`` budget, an earlier
+file of the same name), so the dataset is the same, byte for byte, with 1 or N workers. Worker
+processes ignore Ctrl-C; the fetcher gets it, cancels what has not started and waits for the
+PNGs being written.
+
 JPEG draft decoding: libjpeg can decode at 1/2, 1/4 or 1/8 scale by dropping DCT
 coefficients, which is much cheaper than decoding every pixel. :func:`square_resize_bytes`
 asks for the smallest draft that is still at least ``size`` pixels on its short side, then
@@ -31,40 +38,46 @@ as the fetchers did. Stored PNGs are written with zlib level :data:`PNG_COMPRESS
 """
 from __future__ import annotations
 
-import argparse
-import io
 import os
-import re
-from collections import deque
-from collections.abc import Iterable, Iterator
+import signal
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from PIL import Image
 
-from data_fetch.sources._common import CorruptImageError, square_resize, to_uint8
+from data_fetch.sources.images import (PNG_COMPRESS_LEVEL, CorruptImageError, corrupt,
+                                       open_image, save_png, square_resize, to_uint8)
 
 #: Largest difference, in grey levels of 255, that draft decoding may make (stated tolerance).
 DRAFT_MAX_ABS_DIFF = 4
 #: Largest mean difference over the image, in grey levels, that draft decoding may make.
 DRAFT_MEAN_ABS_DIFF = 0.5
-#: zlib level of the stored PNGs. Level 1 encodes a noisy 256-px radiograph 3-5x faster than
-#: Pillow's default 6 (3-5 ms instead of 14 ms on one core, measured here) for a file about
-#: 17% larger; the pixels are the same (PNG is lossless).
-PNG_COMPRESS_LEVEL = 1
+__all__ = ["DRAFT_MAX_ABS_DIFF", "DRAFT_MEAN_ABS_DIFF", "PENDING_PER_WORKER",
+           "PNG_COMPRESS_LEVEL", "ImagePool", "IngestItem", "StoreQueue", "Stored",
+           "default_workers", "fetch_pool", "radiograph_like", "save_png_atomic",
+           "square_resize_bytes", "store_all", "store_item"]
 #: Images submitted ahead of the one being collected, per worker (bounds memory).
 PENDING_PER_WORKER = 4
 
 
 class IngestItem(NamedTuple):
     """One image to store: its encoded ``data`` (``None``: already stored, pass through),
-    a ``name`` for messages, the PNG's ``out_path`` and the target ``size`` (0 keeps it)."""
+    a ``name`` for messages, the PNG's ``out_path`` and the target ``size`` (0 keeps it).
+
+    ``skip``: with ``data=None``, the reason the caller left this image out without decoding
+    it (a duplicate name, a member over the size cap, a failed read); it comes back as the
+    result's ``error`` in its place in the order.
+    """
 
     data: bytes | None
     name: str
     out_path: Path
     size: int
+    skip: str | None = None
 
 
 class Stored(NamedTuple):
@@ -89,25 +102,6 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def add_workers_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--workers N`` (decode/resize processes; default: the machine's cores)."""
-    parser.add_argument(
-        "--workers", type=int, default=None, metavar="N",
-        help="processes that decode and resize images (default: this machine's "
-             f"{default_workers()} cores; 0 decodes in the main process)")
-
-
-def _open(data: bytes, name: str) -> Image.Image:
-    try:
-        return Image.open(io.BytesIO(data))
-    except Exception as err:  # PIL raises many types for broken files
-        raise CorruptImageError(f"{name}: cannot decode image ({type(err).__name__}: "
-                                f"{_clean(err)})") from None
-
-
-def _clean(err: BaseException) -> str:
-    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err))
-
 
 def _drafted_square(img: Image.Image, size: int) -> Image.Image:
     """Draft-decode a JPEG and centre-crop + resize it like :func:`square_resize` does."""
@@ -129,9 +123,10 @@ def square_resize_bytes(data: bytes, name: str, size: int, draft: bool = True) -
     ``draft=True`` lets a JPEG decode at a reduced scale first (within the tolerance stated
     in the module docstring); other formats, ``size <= 0`` and ``draft=False`` decode in full
     and go through :func:`data_fetch.sources._common.square_resize` unchanged. Raises
-    :class:`~data_fetch.sources._common.CorruptImageError` for broken data.
+    :class:`~data_fetch.sources._common.CorruptImageError` for broken data, and for data over
+    the fetchers' caps (:func:`data_fetch.sources.images.open_image`: bytes, then pixels).
     """
-    img = _open(data, name)
+    img = open_image(data, name)
     try:
         if draft and size > 0 and img.format == "JPEG":
             return _drafted_square(img, size)
@@ -140,29 +135,20 @@ def square_resize_bytes(data: bytes, name: str, size: int, draft: bool = True) -
     except CorruptImageError:
         raise
     except Exception as err:  # truncated files fail at load time
-        raise CorruptImageError(f"{name}: cannot decode image ({type(err).__name__}: "
-                                f"{_clean(err)})") from None
+        raise corrupt(name, err) from None
 
 
-def save_png_atomic(img: Image.Image, path: Path) -> None:
-    """Write ``img`` as PNG under a temporary name, then rename; on failure remove the
-    temporary file, so neither a half PNG nor a stray temporary file is left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        img.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+#: Write a PNG under a temporary name, then rename (the fetchers' one saver; a failure
+#: leaves neither half a PNG nor a stray temporary file).
+save_png_atomic = save_png
 
 
 def store_item(item: IngestItem, draft: bool = True) -> Stored:
     """Decode, resize and atomically save one item (the work a pool process does)."""
-    data, name, out_path, size = item
+    data, name, out_path, size, skip = IngestItem(*item)
     out_path = Path(out_path)
     if data is None:
-        return Stored(name, out_path)
+        return Stored(name, out_path, skip)
     try:
         save_png_atomic(square_resize_bytes(data, name, size, draft), out_path)
     except CorruptImageError as err:
@@ -180,7 +166,8 @@ class ImagePool:
     ``workers=None`` uses every core (:func:`default_workers`); ``workers=0`` works in the
     calling process (no pool; what tests and debuggers like). Use it as a context manager, or
     call :meth:`close`. ``batch`` items go to a worker at a time (fewer round trips for small
-    images).
+    images). Workers ignore Ctrl-C: the calling process gets it, and closing the pool lets
+    the images being written finish (each PNG is renamed into place whole) and stops them.
     """
 
     def __init__(self, workers: int | None = None, *, draft: bool = True, batch: int = 1) -> None:
@@ -189,7 +176,8 @@ class ImagePool:
             raise ValueError(f"workers must be 0 or more, got {workers}")
         self.draft = draft
         self.batch = max(1, int(batch))
-        self._executor = ProcessPoolExecutor(self.workers) if self.workers > 0 else None
+        self._executor = (ProcessPoolExecutor(self.workers, initializer=_ignore_interrupts)
+                          if self.workers > 0 else None)
 
     def __enter__(self) -> "ImagePool":
         return self
@@ -202,6 +190,13 @@ class ImagePool:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+
+    def start(self, item: IngestItem) -> "Future | _Ready":
+        """Begin storing one item: a future, or a finished one when no worker is needed
+        (an item without data, or a pool of 0 workers, which stores it right here)."""
+        if item.data is None or self._executor is None:
+            return _Ready(store_item(item, self.draft))
+        return self._executor.submit(store_item, item, self.draft)
 
     def map_store(self, items: Iterable[IngestItem | tuple]) -> Iterator[Stored]:
         """Store every item; yield one :class:`Stored` per item, in the order of ``items``.
@@ -223,6 +218,129 @@ class ImagePool:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
+
+
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C is for the calling process, which stops the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Ready:
+    """A result known without waiting for a worker, shaped like a finished future."""
+
+    def __init__(self, stored: Stored) -> None:
+        self.stored = stored
+
+    def result(self) -> Stored:
+        return self.stored
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+
+class StoreQueue:
+    """Hand :class:`IngestItem` s to an :class:`ImagePool` one at a time, as a fetcher's loop
+    decides them; ``on_done(tag, stored)`` gets every result in the order of :meth:`put`.
+
+    For loops that must know earlier results before deciding the next item (a ``--limit``
+    budget, a duplicate name): :attr:`in_flight` and :meth:`pending` say what is undecided,
+    :meth:`settle` waits for it. With a pool of 0 workers every result arrives inside
+    :meth:`put`, exactly as a one-thread loop. Use it as a context manager: leaving the block
+    normally waits for everything; leaving it with an error (or Ctrl-C) cancels what no worker
+    has started, waits for what one has (so no half-written PNG), reports the images that
+    were finished, and lets the error through.
+
+    >>> done = []
+    >>> with StoreQueue(ImagePool(0), lambda tag, s: done.append((tag, s.error))) as queue:
+    ...     queue.put(IngestItem(None, "a.png", Path("a.png"), 32, "left out"), tag=7)
+    >>> done
+    [(7, 'left out')]
+    """
+
+    def __init__(self, pool: ImagePool, on_done: Callable[[Any, Stored], None]) -> None:
+        self.pool, self.on_done = pool, on_done
+        self._queue: deque[tuple[Any, Path, Future | _Ready]] = deque()
+        self._paths: Counter[Path] = Counter()
+        self._limit = max(1, pool.workers * PENDING_PER_WORKER)
+
+    def __enter__(self) -> "StoreQueue":
+        return self
+
+    def __exit__(self, exc_type: type | None, *rest: object) -> None:
+        if exc_type is None:
+            self.settle()
+        else:
+            self.abandon()
+
+    @property
+    def in_flight(self) -> int:
+        """Items put whose results have not been handed to ``on_done`` yet."""
+        return len(self._queue)
+
+    def pending(self, out_path: str | Path) -> bool:
+        """Whether an item writing ``out_path`` is still in flight."""
+        return self._paths[Path(out_path)] > 0
+
+    def put(self, item: IngestItem | tuple, tag: Any = None) -> None:
+        """Start storing ``item``; hand on the results that are due (in order), waiting for
+        the oldest while more than ``workers * PENDING_PER_WORKER`` are in flight."""
+        item = IngestItem(*item)
+        path = Path(item.out_path)
+        try:
+            job = self.pool.start(item)
+        except BrokenProcessPool:
+            raise _stopped(path) from None
+        self._queue.append((tag, path, job))
+        self._paths[path] += 1
+        while self._queue and (isinstance(self._queue[0][2], _Ready)
+                               or len(self._queue) > self._limit):
+            self._collect()
+
+    def settle(self, out_path: str | Path | None = None) -> None:
+        """Wait for every item in flight, or (``out_path``) until none writes that path."""
+        while self._queue and (out_path is None or self.pending(out_path)):
+            self._collect()
+
+    def abandon(self) -> None:
+        """Cancel the items no worker has started; wait for the others and report them."""
+        jobs = list(self._queue)
+        self._queue.clear()
+        self._paths.clear()
+        for _tag, _path, job in jobs:
+            job.cancel()
+        for tag, _path, job in jobs:
+            if job.cancelled():
+                continue
+            try:
+                stored = job.result()
+            except Exception:  # noqa: BLE001 - the error that stopped the loop is the one to show
+                continue
+            self.on_done(tag, stored)
+
+    def _collect(self) -> None:
+        tag, path, job = self._queue.popleft()
+        self._paths[path] -= 1
+        try:
+            stored = job.result()
+        except BrokenProcessPool:
+            raise _stopped(path) from None
+        self.on_done(tag, stored)
+
+
+def _stopped(path: Path) -> RuntimeError:
+    """The error for a pool whose process died (the kernel's out-of-memory killer, a crash)."""
+    return RuntimeError(f"a decoding process stopped while storing {path.name} (out of memory?);"
+                        " the images stored so far are kept: run again, with a smaller --workers")
+
+
+def fetch_pool(workers: int | None = None) -> ImagePool:
+    """The pool a fetcher's ``--workers N`` asks for: N processes, except that N = 1 decodes
+    in the fetcher's own process (no pool, as before) and None uses every core."""
+    count = default_workers() if workers is None else int(workers)
+    return ImagePool(0 if count == 1 else count)
 
 
 def _chunks(items: Iterable[IngestItem | tuple], size: int) -> Iterator[list[IngestItem]]:

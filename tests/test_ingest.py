@@ -94,27 +94,40 @@ def test_pool_reads_the_stream_lazily(tmp_path):
 
 
 def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import builtins
+
+    from data_fetch import paths
+
     data = _encoded(ingest.radiograph_like(64, 64), "JPEG")
 
-    def disk_full(self, fp, *args, **kwargs):
-        with open(fp, "wb") as handle:        # half a PNG reaches the disk, then it fails
-            handle.write(b"\x89PNG\r\n")
-        raise OSError("No space left on device")
+    class FullDisk:
+        """A file that takes half of what is written, then reports a full disk."""
 
-    monkeypatch.setattr(Image.Image, "save", disk_full)
+        def __init__(self, path, mode):
+            self.handle = builtins.open(path, mode)
+
+        def write(self, payload):
+            self.handle.write(payload[: len(payload) // 2])   # half a PNG reaches the disk
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(paths, "open", FullDisk, raising=False)
     with pytest.raises(OSError, match="No space"):
         ingest.store_all([(data, "a.jpg", tmp_path / "out" / "a.png", 32)], workers=0)
     assert os.listdir(tmp_path / "out") == []
 
 
-def test_workers_option(monkeypatch):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    ingest.add_workers_argument(parser)
-    assert parser.parse_args([]).workers is None
-    assert parser.parse_args(["--workers", "3"]).workers == 3
-    assert ingest.ImagePool(None).workers == ingest.default_workers() >= 1
+def test_pool_sizes():
+    for workers, expected in ((None, ingest.default_workers()), (1, 0), (2, 2)):
+        with ingest.fetch_pool(workers) as pool:       # --workers 1: this process, no pool
+            assert pool.workers == expected
+    with ingest.ImagePool(None) as pool:
+        assert pool.workers == ingest.default_workers() >= 1
     with pytest.raises(ValueError):
         ingest.ImagePool(-1)
 
@@ -143,3 +156,36 @@ def test_bench_ingest_measures_on_tiny_inputs(tmp_path):
     assert [w["writer"] for w in writers] == ["memmap", "sequential"]
     assert list(tmp_path.iterdir()) == []            # everything it wrote is gone
     assert "16 cores" in bench.mimic_projection([{**row, "kind": "jpeg", "workers": 2}])
+
+
+def test_a_killed_worker_is_one_clear_error(tmp_path):
+    """A decoder process that dies (the kernel's OOM killer) stops the run with a sentence."""
+    data = _encoded(ingest.radiograph_like(64, 64), "PNG")
+    done = []
+    with ingest.ImagePool(workers=1) as pool:
+        with pytest.raises(RuntimeError, match="decoding process stopped.*--workers"):
+            with ingest.StoreQueue(pool, lambda tag, stored: done.append(stored)) as queue:
+                queue.put((data, "a.png", tmp_path / "a.png", 32))
+                queue.settle()
+                for process in list(pool._executor._processes.values()):
+                    process.kill()
+                    process.join()
+                queue.put((data, "b.png", tmp_path / "b.png", 32))
+                queue.settle()
+    assert [s.name for s in done] == ["a.png"] and (tmp_path / "a.png").exists()
+
+
+def test_store_queue_keeps_order_and_waits_for_a_path_in_flight(tmp_path):
+    good = _encoded(ingest.radiograph_like(64, 64), "PNG")
+    items = [(good, "0", tmp_path / "0.png", 16), (b"broken", "1", tmp_path / "1.png", 16),
+             (None, "2", tmp_path / "2.png", 16, "left out"), (good, "3", tmp_path / "3.png", 16)]
+    done = []
+    with ingest.ImagePool(workers=2) as pool:
+        with ingest.StoreQueue(pool, lambda tag, stored: done.append((tag, stored.error))) as queue:
+            for i, item in enumerate(items):
+                queue.put(item, tag=i)
+            assert queue.pending(tmp_path / "3.png") or done[-1][0] == 3
+            queue.settle(tmp_path / "3.png")
+            assert not queue.pending(tmp_path / "3.png") and queue.in_flight == 0
+    assert [tag for tag, _ in done] == [0, 1, 2, 3]
+    assert done[0][1] is None and "cannot decode" in done[1][1] and done[2][1] == "left out"

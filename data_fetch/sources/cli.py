@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data_fetch.ingest import default_workers
 from data_fetch.paths import dataset_dir
 from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, check_count, check_fraction,
-                                        check_seed, check_size)
+                                        check_seed, check_size, check_workers)
 
 log = logging.getLogger("data_fetch")
 
@@ -41,6 +42,7 @@ size_arg = checked_type(check_size)
 count_arg = checked_type(check_count)
 seed_arg = checked_type(check_seed)
 fraction_arg = checked_type(lambda v: check_fraction(v, "it"), float)
+workers_arg = checked_type(check_workers)
 
 
 def add_common_args(parser: argparse.ArgumentParser, mirror_help: str) -> None:
@@ -59,6 +61,18 @@ def add_common_args(parser: argparse.ArgumentParser, mirror_help: str) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would be downloaded and the disk it needs, then stop")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_workers_arg(parser: argparse.ArgumentParser) -> None:
+    """``--workers N``: processes that decode and resize the images (default: every core).
+
+    Passed to the fetch function as ``workers=``; checked (N >= 1) before any network.
+    """
+    parser.add_argument(
+        "--workers", type=workers_arg, default=None, metavar="N",
+        help="processes that decode and resize images, N >= 1; images are still stored in "
+             "the order read and each PNG is written whole (default: this machine's "
+             f"{default_workers()} cores; 1 decodes in this process)")
 
 
 def add_http_loopback_arg(parser: argparse.ArgumentParser) -> None:

@@ -59,6 +59,15 @@ def check_count(value: int | None, option: str = "--limit") -> int | None:
     return int(value)
 
 
+def check_workers(value: int | None) -> int | None:
+    """``value`` if it is None (every core) or a whole number of processes >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"--workers must be a whole number of processes >= 1, got {value!r}")
+    return int(value)
+
+
 def check_seed(seed: int) -> int:
     """``seed`` if it is a whole number >= 0 (what numpy's generators accept)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:

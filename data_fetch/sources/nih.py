@@ -5,6 +5,8 @@ PNGs (1024 x 1024) of 30,805 patients in 12 archives ``images_001.tar.gz`` ...
 ``images_012.tar.gz`` on Box (about 45 GB; the first is 2.0 GB with 4,999 images). Each
 archive is read as a stream (``tarfile`` mode ``r|gz`` over the HTTP response) and every image
 is resized while streaming, so the archive need not be kept (``--keep-archive`` keeps it).
+The stream is read here, in order; ``--workers N`` processes decode and resize the PNG bytes
+meanwhile, and the images, manifest and data card are the same whatever N.
 
 What is verified before an archive counts as read: every gzip member's CRC-32 and length
 (the gzip trailer), the tar end-of-archive marker, the declared ``Content-Length`` and, where
@@ -39,15 +41,15 @@ from data_fetch.download import (ChecksumError, DownloadError, RemoteStream, che
                                  human_bytes, is_url, join_url, make_session, read_location,
                                  redact_url)
 from data_fetch.download import download as download_file
+from data_fetch.ingest import ImagePool, IngestItem, Stored, StoreQueue, fetch_pool
 from data_fetch.paths import atomic_write_bytes, atomic_write_text
 from data_fetch.sources.archives import ArchiveError, ArchiveTruncatedError, TarWalk
-from data_fetch.sources.cli import (checked_type, add_common_args, fraction_arg, resolve_dest,
-                                    run_fetch)
+from data_fetch.sources.cli import (add_common_args, add_workers_arg, checked_type,
+                                    fraction_arg, resolve_dest, run_fetch)
 from data_fetch.sources.dataset import (DEFAULT_NAME, DEFAULT_SIZE, carve_val, check_common,
-                                        check_fraction, claim_folder, finalize, log,
-                                        read_table, split_patients)
-from data_fetch.sources.images import (MAX_MEMBER_BYTES, CorruptImageError, estimate_disk,
-                                       store_image)
+                                        check_fraction, check_workers, claim_folder, finalize,
+                                        log, read_table, split_patients)
+from data_fetch.sources.images import MAX_MEMBER_BYTES, estimate_disk
 from data_fetch.sources.labels import finding_column, map_sex
 
 NAME = "nih"
@@ -250,43 +252,49 @@ def _save_state(dest: Path, result: ArchiveResult) -> None:
     atomic_write_text(_state_path(dest, result.number), json.dumps(result.__dict__))
 
 
-def render_member(data: bytes, name: str, out: Path, size: int) -> None:
-    """Turn one archive member into a stored PNG (the per-image step a worker pool can map)."""
-    store_image(data, name, out, size)
-
-
-def _take_member(walk: TarWalk, member: Any, dest: Path, size: int, taken: set[str],
-                 result: ArchiveResult) -> None:
-    """Store one PNG member unless it is a duplicate name, too large or undecodable."""
+def member_item(walk: TarWalk, member: Any, dest: Path, size: int,
+                taken: set[str]) -> IngestItem:
+    """What to do with one PNG member: its bytes to store (the pool gets bytes, decodes them
+    and writes the PNG), nothing when it is already stored, or the reason it is left out (a
+    duplicate name, over the size cap: never read)."""
     name = Path(member.name).name
-    if name in taken:
-        result.excluded.append((name, f"a second file named {name} ({member.name}); left out"))
-        return
-    if member.size > MAX_MEMBER_BYTES:
-        result.excluded.append((name, f"{member.size / 1e6:.0f} MB, over the "
-                                      f"{MAX_MEMBER_BYTES / 1e6:.0f} MB cap; not read"))
-        return
     out = dest / "images" / name
-    if not out.exists():
-        try:
-            render_member(walk.extract(member), name, out, size)
-        except CorruptImageError as err:
-            result.excluded.append((name, str(err).split(": ", 1)[-1]))
-            return
-    taken.add(name)
-    result.images.append(name)
+    if name in taken:
+        return IngestItem(None, name, out, size, f"a second file named {name} ({member.name}); "
+                                                 "left out")
+    if member.size > MAX_MEMBER_BYTES:
+        return IngestItem(None, name, out, size, f"{member.size / 1e6:.0f} MB, over the "
+                                                 f"{MAX_MEMBER_BYTES / 1e6:.0f} MB cap; not read")
+    return IngestItem(None if out.exists() else walk.extract(member), name, out, size)
 
 
 def _walk_archive(walk: TarWalk, dest: Path, size: int, budget: int | None,
-                  result: ArchiveResult, taken: set[str], bar: tqdm) -> bool:
-    """Resize every PNG of the archive into ``dest/images``; False if stopped by ``budget``."""
-    for member in walk:
-        if not (member.isfile() and member.name.lower().endswith(".png")):
-            continue
-        if budget is not None and len(result.images) >= budget:
-            return False
-        _take_member(walk, member, dest, size, taken, result)
+                  result: ArchiveResult, taken: set[str], bar: tqdm, pool: ImagePool) -> bool:
+    """Resize every PNG of the archive into ``dest/images``; False if stopped by ``budget``.
+
+    Members are read from the stream here, in order, and decoded by ``pool``; a member is
+    decided only once the results it depends on are in (the budget, an earlier member of the
+    same name), so the images, their order and what is left out are those of one process.
+    """
+    def record(_tag: Any, stored: Stored) -> None:
+        if stored.ok:
+            taken.add(stored.name)
+            result.images.append(stored.name)
+        else:
+            result.excluded.append((stored.name, stored.error))
         bar.set_postfix(images=len(result.images), refresh=False)
+
+    with StoreQueue(pool, record) as queue:
+        for member in walk:
+            if not (member.isfile() and member.name.lower().endswith(".png")):
+                continue
+            if budget is not None and len(result.images) + queue.in_flight >= budget:
+                queue.settle()
+                if len(result.images) >= budget:
+                    return False
+            queue.settle(dest / "images" / Path(member.name).name)
+            queue.put(member_item(walk, member, dest, size, taken))
+        queue.settle()
     walk.verify_end()
     return True
 
@@ -297,13 +305,14 @@ def _delete_images(dest: Path, names: list[str]) -> None:
 
 
 def _read_kept_archive(path: Path, number: int, dest: Path, size: int, budget: int | None,
-                       result: ArchiveResult, taken: set[str], progress: bool) -> None:
+                       result: ArchiveResult, taken: set[str], progress: bool,
+                       pool: ImagePool) -> None:
     """Walk a downloaded archive; a damaged one is deleted so a re-run downloads it afresh."""
     try:
         with open(path, "rb") as raw, \
                 tqdm(desc=archive_name(number), unit=" img", disable=not progress) as bar:
             result.complete = _walk_archive(TarWalk(raw, archive_name(number)), dest, size,
-                                            budget, result, taken, bar)
+                                            budget, result, taken, bar, pool)
     except ArchiveError as err:
         path.unlink(missing_ok=True)
         raise ArchiveError(f"{err}. The kept archive was deleted; run again to download it "
@@ -312,14 +321,15 @@ def _read_kept_archive(path: Path, number: int, dest: Path, size: int, budget: i
 
 
 def _stream(url: str, number: int, dest: Path, size: int, budget: int | None,
-            result: ArchiveResult, taken: set[str], progress: bool, net: dict) -> RemoteStream:
+            result: ArchiveResult, taken: set[str], progress: bool, net: dict,
+            pool: ImagePool) -> RemoteStream:
     """Stream the archive over HTTP into images; returns the (closed) stream for its digests."""
     bar = tqdm(desc=archive_name(number), unit="B", unit_scale=True, unit_divisor=1024,
                disable=not progress)
     with bar, RemoteStream(url, progress=bar, resume_hint=STREAM_RESUME_HINT, **net) as stream:
         try:
             result.complete = _walk_archive(TarWalk(stream, archive_name(number)), dest, size,
-                                            budget, result, taken, bar)
+                                            budget, result, taken, bar, pool)
         except ArchiveTruncatedError as err:
             raise ArchiveTruncatedError(f"{err}. {STREAM_RESUME_HINT}") from None
         except ArchiveError as err:
@@ -335,21 +345,24 @@ def _stream(url: str, number: int, dest: Path, size: int, budget: int | None,
 
 def stream_archive(number: int, dest: Path, *, size: int, budget: int | None,
                    mirror: str | None, keep_archive: bool, progress: bool,
-                   md5: str | None, taken: set[str] | None = None, **net: Any) -> ArchiveResult:
+                   md5: str | None, taken: set[str] | None = None,
+                   pool: ImagePool | None = None, **net: Any) -> ArchiveResult:
     """Read archive ``number`` into resized PNGs under ``dest/images``, verifying it whole.
 
-    ``taken`` holds image names already used by earlier archives (a duplicate is left out).
+    ``taken`` holds image names already used by earlier archives (a duplicate is left out);
+    ``pool`` decodes the images (default: this process).
     """
     url = archive_url(number, mirror)
     taken = set() if taken is None else taken
+    pool = ImagePool(0) if pool is None else pool
     result = ArchiveResult(number, md5=md5)
     if keep_archive:
         path = download_file(url, dest / "archives" / archive_name(number), md5=md5,
                              progress=progress, **net)
-        _read_kept_archive(path, number, dest, size, budget, result, taken, progress)
+        _read_kept_archive(path, number, dest, size, budget, result, taken, progress, pool)
         result.verified = bool(md5)
         return result
-    stream = _stream(url, number, dest, size, budget, result, taken, progress, net)
+    stream = _stream(url, number, dest, size, budget, result, taken, progress, net, pool)
     if result.complete and md5:
         got = stream.digests()["md5"]
         if got != md5.lower():
@@ -425,9 +438,10 @@ def plan(archives: list[int], size: int, limit: int | None, keep_archive: bool,
 
 
 def _check_options(archives: list[int], size: int, limit: int | None, seed: int,
-                   val_fraction: float, mirror: str | None) -> None:
+                   val_fraction: float, mirror: str | None, workers: int | None) -> None:
     """Every option checked before any network (archive numbers, sizes, fractions, mirror)."""
     check_common(size, limit, seed)
+    check_workers(workers)
     check_fraction(val_fraction, "--val-fraction")
     if not archives:
         raise ValueError("--archives names no archive; give numbers 1 to 12, e.g. 1 or 1-3")
@@ -441,17 +455,19 @@ def fetch_nih(dest: str | Path | None = None, *, archives: list[int] | tuple[int
               keep_archive: bool = False, val_fraction: float = 0.1, seed: int = 0,
               name: str = DEFAULT_NAME, dry_run: bool = False, progress: bool = True,
               retries: int = 5, backoff: float = 1.0,
-              md5: dict[int, str] | None = None) -> Path | None:
+              md5: dict[int, str] | None = None, workers: int | None = None) -> Path | None:
     """Prepare NIH ChestX-ray14 archives as resized PNGs plus a manifest; returns its path.
 
     ``mirror`` is a base URL holding ``images_NNN.tar.gz``, ``Data_Entry_2017_v2020.csv`` and
     the two list files (the Box folder's layout); ``lists`` a folder or URL with the list
-    files. ``md5`` overrides the published sums by archive number.
+    files. ``md5`` overrides the published sums by archive number. ``workers`` processes
+    decode and resize the PNGs while this one reads the stream (None: every core; 1: this
+    process only); the result is the same whatever the number.
 
     >>> # fetch_nih(archives=[1], size=256, limit=2000)   # about 2 GB streamed, 2,000 PNGs kept
     """
     archives = sorted(set(int(a) for a in archives))
-    _check_options(archives, size, limit, seed, val_fraction, mirror)
+    _check_options(archives, size, limit, seed, val_fraction, mirror, workers)
     dest = resolve_dest(NAME, dest, name)
     sums = {**ARCHIVE_MD5, **(md5 or {})}
     work = plan(archives, size, limit, keep_archive, mirror)
@@ -464,7 +480,9 @@ def fetch_nih(dest: str | Path | None = None, *, archives: list[int] | tuple[int
            "access_hint": ACCESS_HINT}
     entry, entry_origin = load_data_entry(data_entry, mirror, dest / "_meta", **net)
     official = _official_lists(lists, mirror, net)
-    results = _run_archives(archives, dest, size, limit, mirror, keep_archive, progress, sums, net)
+    with fetch_pool(workers) as pool:
+        results = _run_archives(archives, dest, size, limit, mirror, keep_archive, progress,
+                                sums, net, pool)
     names = [n for r in results for n in r.images][:limit]
     df, missing, method = build_manifest(names, entry, official, val_fraction, seed)
     card = {"source": NAME, "title": TITLE, "size": size, "targets": ["sex", "age"],
@@ -490,7 +508,7 @@ def _archive_once(number: int, dest: Path, budget: int | None, taken: set[str],
         result = stream_archive(number, dest, size=options["size"], budget=budget,
                                 mirror=options["mirror"], keep_archive=options["keep_archive"],
                                 progress=options["progress"], md5=md5, taken=taken,
-                                **options["net"])
+                                pool=options["pool"], **options["net"])
     except KeyboardInterrupt:
         if not options["keep_archive"]:
             print(f"note: {archive_name(number)} was being streamed; {STREAM_RESUME_HINT}",
@@ -509,9 +527,9 @@ def _archive_once(number: int, dest: Path, budget: int | None, taken: set[str],
 
 def _run_archives(archives: list[int], dest: Path, size: int, limit: int | None,
                   mirror: str | None, keep_archive: bool, progress: bool,
-                  sums: dict[int, str], net: dict) -> list[ArchiveResult]:
+                  sums: dict[int, str], net: dict, pool: ImagePool) -> list[ArchiveResult]:
     options = {"size": size, "mirror": mirror, "keep_archive": keep_archive,
-               "progress": progress, "sums": sums, "net": net}
+               "progress": progress, "sums": sums, "net": net, "pool": pool}
     results: list[ArchiveResult] = []
     taken: set[str] = set()
     for number in archives:
@@ -564,6 +582,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="folder or URL with train_val_list.txt and test_list.txt")
     p.add_argument("--val-fraction", type=fraction_arg, default=0.1,
                    help="share of train_val patients used for validation (default: 0.1)")
+    add_workers_arg(p)
     return p
 
 
@@ -571,4 +590,5 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``nih`` subcommand."""
     return run_fetch(fetch_nih, TITLE, args, archives=args.archives, limit=args.limit,
                      mirror=args.mirror, data_entry=args.data_entry, lists=args.lists,
-                     keep_archive=args.keep_archive, val_fraction=args.val_fraction)
+                     keep_archive=args.keep_archive, val_fraction=args.val_fraction,
+                     workers=args.workers)
