@@ -54,7 +54,8 @@ def test_acquisition_grid_is_zero_at_the_default_and_balanced_over_groups():
 
 
 def test_view_mix_rows_sum_to_one():
-    frame = pd.DataFrame({"race": ["A", "A", "B", "B", "B", None], "view": ["AP", "PA", "PA", "PA", "AP", "AP"]})
+    frame = pd.DataFrame({"race": ["A", "A", "B", "B", "B", None],
+                          "view": ["AP", "PA", "PA", "PA", "AP", "AP"]})
     mix = A.view_mix(frame)
     assert np.allclose(mix.sum(axis=1), 1.0)
     assert mix.loc["B", "PA"] == pytest.approx(2 / 3)

@@ -1,11 +1,11 @@
 """Chapter 6, part 1: acquisition parameters at test time (Lotter, Nature Communications 2024).
 
-Lotter (*Nature Communications* 2024;15, doi 10.1038/s41467-024-52003-3, "Acquisition parameters influence AI recognition of race in
-chest x-rays and mitigating these factors reduces underdiagnosis bias") re-ran a race model on
-the same test images with a different **window width** (contrast) and **field of view**
-(zoom) and found that the average score of each race class moved with them. This module
-makes both changes as batch transforms for :func:`cxrlab.train.predict` and measures the
-grid of their effects.
+Lotter (*Nature Communications* 2024;15, doi 10.1038/s41467-024-52003-3, "Acquisition
+parameters influence AI recognition of race in chest x-rays and mitigating these factors
+reduces underdiagnosis bias") re-ran a race model on the same test images with a different
+**window width** (contrast) and **field of view** (zoom) and found that the average score of
+each race class moved with them. This module makes both changes as batch transforms for
+:func:`cxrlab.train.predict` and measures the grid of their effects.
 
 Images are float batches ``(B, 1, H, W)`` in [0, 1] (what ``predict``'s ``transform`` gets).
 
@@ -62,11 +62,13 @@ def field_of_view(x: torch.Tensor, zoom: float) -> torch.Tensor:
     return out.reshape(x.shape)
 
 
-def acquisition_transform(width: float = 1.0, zoom: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+def acquisition_transform(width: float = 1.0,
+                          zoom: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """One test-time transform: field of view first, then the window.
 
-    >>> t = acquisition_transform(1.0, 1.0); bool(torch.allclose(t(torch.full((1, 1, 4, 4), 0.3)), torch.tensor(0.3)))
-    True
+    >>> t = acquisition_transform(width=2.0, zoom=1.0)
+    >>> t(torch.tensor([[[[0.0, 0.5, 1.0, 0.5]]]])).flatten().tolist()
+    [0.25, 0.5, 0.75, 0.5]
     """
     def transform(batch: torch.Tensor) -> torch.Tensor:
         return window(field_of_view(batch, zoom), width)
