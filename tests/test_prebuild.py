@@ -24,9 +24,19 @@ def test_plan_follows_the_chapters_parameters(tmp_path):
                       "ch05 no_finding underrecord_group=C underrecord_rate=0.5 finding_visibility=1.5"]
 
 
+def test_chapter_6_plans_its_no_finding_model_and_its_second_hospital(tmp_path):
+    _chapter(tmp_path, "ch06_beyond_recognition", 'UNDERRECORD_GROUP = "B"\nUNDERRECORD_RATE = 0.7\n'
+             'FINDING_VISIBILITY = 2.0\nOOD = {"seed": 1, "n_patients": 300}')
+    assert prebuild.planned_models(tmp_path)[-1].label() == \
+        "ch06 no_finding underrecord_group=B underrecord_rate=0.7 finding_visibility=2.0"
+    assert prebuild.planned_cohorts(tmp_path) == [
+        ("ch06", {"finding_visibility": 2.0, "seed": 1, "n_patients": 300})]
+    assert prebuild.planned_cohorts(tmp_path / "nowhere") == []
+
+
 def test_the_real_chapters_are_planned():
     labels = [m.label() for m in prebuild.planned_models()]
-    assert "ch04 race high_pass-100" in labels and labels[-1].startswith("ch05 no_finding underrecord_group=")
+    assert "ch04 race high_pass-100" in labels and labels[-1].startswith("ch06 no_finding underrecord_group=")
 
 
 @pytest.mark.slow

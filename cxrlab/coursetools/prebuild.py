@@ -45,7 +45,7 @@ def chapter_parameters(stem: str, chapters: Path = CHAPTERS) -> dict[str, Any]:
 
 
 def planned_models(chapters: Path = CHAPTERS) -> list[PlannedModel]:
-    """The models chapters 2-5 request on the synthetic source, in the order they need them."""
+    """The models chapters 2-6 request on the synthetic source, in the order they need them."""
     plan = [PlannedModel("ch02", "race"),
             PlannedModel("ch03", "no_finding"),
             PlannedModel("ch03", "race", {"group_signal": 0.0})]   # the site-shortcut cohort
@@ -58,7 +58,22 @@ def planned_models(chapters: Path = CHAPTERS) -> list[PlannedModel]:
             "underrecord_group": ch05.get("UNDERRECORD_GROUP"),
             "underrecord_rate": ch05.get("UNDERRECORD_RATE"),
             "finding_visibility": ch05.get("FINDING_VISIBILITY")}))
+    ch06 = chapter_parameters("ch06_beyond_recognition", chapters)
+    if ch06:                                                  # chapter 6's "No Finding" cohort
+        plan.append(PlannedModel("ch06", "no_finding", {
+            "underrecord_group": ch06.get("UNDERRECORD_GROUP"),
+            "underrecord_rate": ch06.get("UNDERRECORD_RATE"),
+            "finding_visibility": ch06.get("FINDING_VISIBILITY")}))
     return plan
+
+
+def planned_cohorts(chapters: Path = CHAPTERS) -> list[tuple[str, dict[str, Any]]]:
+    """Cohorts a chapter prepares itself with ``data_fetch.synthetic.prepare`` (no model):
+    chapter 6's second hospital, read from its ``OOD`` parameter."""
+    ch06 = chapter_parameters("ch06_beyond_recognition", chapters)
+    if "OOD" not in ch06:
+        return []
+    return [("ch06", {"finding_visibility": ch06.get("FINDING_VISIBILITY"), **ch06["OOD"]})]
 
 
 def prebuild(preset: str = "demo", seed: int = 0, chapters: Path = CHAPTERS,
@@ -81,6 +96,13 @@ def prebuild(preset: str = "demo", seed: int = 0, chapters: Path = CHAPTERS,
         else:
             degraded_model(session, *job.degradation, target=job.target, progress=progress)
         timings[job.label()] = time.perf_counter() - start
+    from data_fetch import synthetic
+
+    for chapter, knobs in planned_cohorts(chapters):
+        start = time.perf_counter()
+        synthetic.prepare(preset=preset, progress=progress, **knobs)
+        timings[f"{chapter} cohort " + " ".join(f"{k}={v}" for k, v in knobs.items())] = \
+            time.perf_counter() - start
     return timings
 
 
