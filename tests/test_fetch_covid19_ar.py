@@ -8,44 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
+from cxrlab.coursetools.covid_fixture import make_dicom
 from data_fetch.__main__ import main
 from data_fetch.manifest import read_manifest
 from data_fetch.sources import covid19_ar as cov
 
 from tests.servers import LoopbackServer, Route
-
-GRADIENT = np.tile(np.arange(0, 4000, 100, dtype=np.uint16), (30, 1))  # 30 x 40, dark left
-
-
-def make_dicom(patient: str, photometric: str = "MONOCHROME2", view: str = "AP",
-               window: bool = True, modality: str = "CR", pixels: bool = True,
-               lut_shape: str | None = None) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.PatientSex, ds.PatientAge = patient, "F", "061Y"
-    ds.Modality, ds.ViewPosition = modality, view
-    ds.Rows, ds.Columns = GRADIENT.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if window:
-        ds.WindowCenter, ds.WindowWidth = 2000, 4000
-    if lut_shape:
-        ds.PresentationLUTShape = lut_shape
-    if pixels:
-        ds.PixelData = GRADIENT.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
 
 PATIENTS = {  # patient -> (RACE as in the spreadsheet, SEX, AGE)
     "COVID-19-AR-1001": ("White", "Male", 70),
@@ -72,7 +40,7 @@ def served(tmp_path, monkeypatch):
     files["series0/lat.dcm"] = make_dicom("COVID-19-AR-1001", view="LL")
     files["series1/broken.dcm"] = b"DICM but not really" * 10
     files["series3/mr.dcm"] = make_dicom("COVID-19-AR-1004", modality="MR")    # listed as CR
-    files["series3/nopixels.dcm"] = make_dicom("COVID-19-AR-1004", pixels=False)
+    files["series3/nopixels.dcm"] = make_dicom("COVID-19-AR-1004", with_pixels=False)
     routes = {f"/idc-open-data/{k}": Route(v, truncate_first=1 if k.startswith("series2") else 0)
               for k, v in files.items()}
     routes["/clinical.xlsx"] = Route(clinical_xlsx())

@@ -266,13 +266,16 @@ BUILDERS: dict[str, Callable[[type, Path], nn.Module]] = {
 
 
 def load_published(key: str = "race", device: str = "cpu", download: bool = True,
-                   progress: bool = True) -> "Published":
+                   progress: bool = True, path: Path | None = None) -> "Published":
     """Model ``key`` ready to predict, its weights verified (fetched first if allowed and missing).
+
+    ``path`` loads another checkpoint of the same layout instead (a test or CI fixture); the
+    published weights' cache and pins are then left alone.
 
     >>> # race = load_published("race"); proba = race.predict(images)   # (N, 3): Asian, Black, White
     """
     spec = _spec(key)
-    path = verified_weights(key, download=download, progress=progress)
+    path = Path(path) if path else verified_weights(key, download=download, progress=progress)
     net = BUILDERS[key](_library_class(spec), path).to(device).eval()
     return Published(spec, net, device)
 
