@@ -34,7 +34,8 @@ SOURCE_ENV_VAR = "CXRLAB_SOURCE"
 BINARY_TARGETS = {"sex": ("sex", ["F", "M"]), "no_finding": ("no_finding", ["finding", "no finding"])}
 FETCH_HINTS = {
     "nih": "python -m data_fetch nih --max-images 2000      (open; first archive, 2 GB)",
-    "covid19_ar": "python -m data_fetch covid19_ar             (open, CC BY 4.0)",
+    "covid19_ar": "python -m data_fetch covid19_ar             (open, CC BY 4.0, 3.0 GB; "
+                  'needs pip install -e ".[real]")',
     "chexpert": "python -m data_fetch chexpert --source-dir /path/to/CheXpert   "
                 "(or --url <your signed URL>; research use agreement)",
     "mimic": "python -m data_fetch mimic --source-dir /path/to/mimic-cxr-jpg   "

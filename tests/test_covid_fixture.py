@@ -36,3 +36,16 @@ def test_ci_uses_the_fixture_without_network(tmp_path, monkeypatch):
     assert track.is_fixture and "CI" in track.why
     assert not (tmp_path / "published" / "SHA256SUMS").exists()    # real pins untouched
     assert track.model.targets == ["Asian", "Black", "White"]
+
+
+def test_readme_and_chapter7_give_the_same_commands():
+    from pathlib import Path
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    pattern = r"`((?:pip install|python -m) [^`]+)`"
+    readme = set(re.findall(pattern, (root / "README.md").read_text()))
+    chapter = set(re.findall(pattern, (root / "solutions" / "ch07_real_patients.ipynb").read_text()
+                             .replace('\\"', '"')))
+    assert {"python -m data_fetch covid19_ar", "python -m cxrlab.core.published fetch race",
+            'pip install -e ".[real]"'} <= chapter <= readme

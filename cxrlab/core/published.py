@@ -284,20 +284,24 @@ def load_published(key: str = "race", device: str = "cpu", download: bool = True
 def preprocess(images: np.ndarray, resolution: int) -> torch.Tensor:
     """``(N, 1, R, R)`` float tensor in [-1024, 1024], as torchxrayvision documents.
 
-    ``images``: ``(N, H, W)`` uint8, or float in [0, 1] (e.g. after :mod:`cxrlab.degrade`).
-    Each image is normalised with ``xrv.datasets.normalize(img, 255)``, centre-cropped to a
-    square (``XRayCenterCrop``) and resized to ``resolution`` (``XRayResizer``).
+    ``images``: ``(N, H, W)`` uint8, or float with 0..1 for black..white (e.g. after
+    :mod:`cxrlab.degrade`). Each 8-bit image is normalised with ``xrv.datasets.normalize(img,
+    255)``, a float image with the same formula (without its range check: a high-pass image
+    has negative values, which are kept); then centre-cropped to a square
+    (``XRayCenterCrop``) and resized to ``resolution`` (``XRayResizer``).
     """
     xrv = _xrv()
     images = np.asarray(images)
     if images.ndim == 2:
         images = images[None]
-    scale = 255.0 if images.dtype.kind == "f" else 1.0
     crop, resize = xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(resolution)
     out = np.empty((len(images), 1, resolution, resolution), dtype=np.float32)
     for i, img in enumerate(images):
-        pixels = np.clip(img.astype(np.float32) * scale, 0.0, 255.0)
-        out[i] = resize(crop(xrv.datasets.normalize(pixels, 255)[None]))
+        if img.dtype.kind == "f":
+            normalized = ((2 * img.astype(np.float32) - 1.0) * 1024).astype(np.float32)
+        else:
+            normalized = xrv.datasets.normalize(img, 255)
+        out[i] = resize(crop(normalized[None]))
     return torch.from_numpy(out)
 
 
@@ -340,6 +344,19 @@ class Published:
         if self.spec.output == "logits":
             return torch.softmax(raw, dim=1).numpy()
         return raw.reshape(-1).numpy()
+
+
+@dataclass
+class ClassSubset:
+    """A published model that reports only some of its output columns (e.g. the classes with
+    enough patients), for :func:`cxrlab.degrade.sweep_at_test_time`."""
+
+    model: Published
+    columns: list[int]
+
+    def predict(self, images: np.ndarray, transform: Callable | None = None) -> np.ndarray:
+        """The model's probabilities for ``columns`` only (not renormalised)."""
+        return self.model.predict(images, transform=transform)[:, self.columns]
 
 
 def load_images(manifest: pd.DataFrame, size: int) -> np.ndarray:
@@ -389,6 +406,28 @@ def race_auc_report(proba: np.ndarray, races: Sequence[Any], patients: Sequence[
                      "ci_low": row["ci_low"] if enough else None,
                      "ci_high": row["ci_high"] if enough else None, "result": result})
     return pd.DataFrame(rows)
+
+
+def reportable_classes(report: pd.DataFrame) -> list[str]:
+    """The classes of :func:`race_auc_report` that have an AUC (enough patients)."""
+    return [str(c) for c, auc in zip(report["class"], report["auc"]) if pd.notna(auc)]
+
+
+def check_patients_per_class(answer: Any, races: Sequence[Any], patients: Sequence[Any],
+                             classes: Sequence[str] = MODELS["race"].targets) -> None:
+    """Self-check for chapter 7's exercise: distinct *patients* per class, not images."""
+    assert isinstance(answer, dict), "my_patients must be a dict: class name -> number of patients"
+    assert sorted(answer) == sorted(classes), f"use exactly these keys: {list(classes)}"
+    frame = pd.DataFrame({"race": list(races), "patient": list(patients)})
+    for c in classes:
+        rows = frame[frame["race"] == c]
+        want, images = rows["patient"].nunique(), len(rows)
+        got = answer[c]
+        assert not (got == images and images != want), (
+            f"{c}: {got} is the number of images; count distinct patients (one patient has "
+            "several radiographs, and the bootstrap resamples patients)")
+        assert got == want, f"{c}: expected the number of distinct patients, got {got}"
+    print("Correct: patients per class, as the bootstrap and the reporting rule count them.")
 
 
 # ----------------------------------------------------------------------------- CLI
