@@ -167,3 +167,14 @@ def test_cli_where_and_unknown_model(tmp_path, monkeypatch, capsys):
     assert str(pub.weights_path("age")) in capsys.readouterr().out
     with pytest.raises(SystemExit):
         pub.main(["fetch", "colour"])
+
+
+def test_exercise_self_check_rejects_counting_images(capsys):
+    races = ["Black", "Black", "Black", "White", "Asian"]
+    patients = ["b1", "b1", "b2", "w1", "a1"]
+    with pytest.raises(AssertionError, match="number of images"):
+        pub.check_patients_per_class({"Asian": 1, "Black": 3, "White": 1}, races, patients)
+    with pytest.raises(AssertionError, match="keys"):
+        pub.check_patients_per_class({"Black": 2}, races, patients)
+    pub.check_patients_per_class({"Asian": 1, "Black": 2, "White": 1}, races, patients)
+    assert "Correct" in capsys.readouterr().out
