@@ -31,7 +31,7 @@ setup: $(PY)  ## create .venv and install everything (torch, the course, test an
 	  echo "PyTorch's CPU wheel index is not reachable: installing the pinned wheel from PyPI instead"; \
 	fi; \
 	$(PY) -m pip install $(TORCH_PINS)
-	$(PY) -m pip install -e ".[dev,instructor]"
+	$(PY) -m pip install -e ".[dev,instructor,real]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cxr course)" >/dev/null
 	@echo "Set-up done. Next: make course   (or: $(VENV)/bin/jupyter lab chapters/)"
 

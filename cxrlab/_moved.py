@@ -33,8 +33,10 @@ MOVED: dict[str, str] = {
     "cxrlab.course": "cxrlab.coursetools.runner",
 }
 
-#: short command names that stay: ``python -m cxrlab.replicate`` runs the replication.
-COMMANDS: dict[str, str] = {"cxrlab.replicate": "cxrlab.core.replicate"}
+#: short command names that stay: ``python -m cxrlab.replicate`` (the replication) and
+#: ``python -m cxrlab.published fetch race`` (the authors' model weights).
+COMMANDS: dict[str, str] = {"cxrlab.replicate": "cxrlab.core.replicate",
+                            "cxrlab.published": "cxrlab.core.published"}
 
 ALIASES: dict[str, str] = {**MOVED, **COMMANDS}
 

@@ -34,8 +34,10 @@ def conda_requirements() -> dict[str, str]:
             in_deps = True
             continue
         match = re.match(r"\s+-\s+([^#\s]+)", line)
-        if in_deps and match:
+        if in_deps and match and match.group(1) != "pip:":
             spec = match.group(1)
+            if line.startswith("      "):            # the `- pip:` sub-list uses pip's `==`
+                spec = spec.replace("==", "=")
             specs[_name(spec.split("=")[0] if "=*" in spec else spec)] = spec
     return specs
 

@@ -79,7 +79,9 @@ def test_aliases_used_by_the_chapters_hints(capsys):
     assert "--max-images" in text and "--source-dir" in text
 
 
-def test_covid_without_listing_explains_where_to_get_one(capsys, monkeypatch):
+def test_covid_without_index_or_listing_explains_both_routes(capsys, monkeypatch):
     monkeypatch.delenv("COVID19_AR_LISTING", raising=False)
-    assert main(["covid19_ar"]) == 2
-    assert "IDC portal" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "idc_index_data", None)   # as if the [real] extra is missing
+    assert main(["covid19_ar", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert ".[real]" in err and "--listing" in err and "IDC portal" in err

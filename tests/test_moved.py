@@ -24,7 +24,7 @@ def test_setup_shows_its_real_signature():
     assert list(params)[:4] == ["source", "preset", "seed", "device"]
 
 
-@pytest.mark.parametrize("command", ["cxrlab.prebuild", "cxrlab.authoring", "cxrlab.replicate"])
+@pytest.mark.parametrize("command", ["cxrlab.prebuild", "cxrlab.authoring", "cxrlab.replicate", "cxrlab.published"])
 def test_short_commands_run_as_scripts(command):
     """``python -m`` through an alias runs the real file (``__file__`` set, ``--help`` works)."""
     assert command in ALIASES

@@ -1,7 +1,10 @@
 """The session: the parameters cell's companion.
 
-``setup`` resolves the preset (``$CXRLAB_PRESET`` wins), seeds everything, picks the device,
-prepares or finds the data, builds the image cache and prints one line saying what runs where.
+``setup`` resolves the source (``$CXRLAB_SOURCE`` wins) and the preset (``$CXRLAB_PRESET``
+wins), seeds everything, picks the device, prepares or finds the data, builds the image cache
+and prints one line saying what runs where. Precedence (docs/ARCHITECTURE.md): environment
+variable > value passed to ``setup`` (a papermill-injected parameter or the notebook's default);
+``python -m cxrlab.course`` sets both variables to the values it injects, so they agree.
 
 >>> import cxrlab
 >>> S = cxrlab.setup("synthetic", "demo", seed=0)     # doctest: +SKIP
@@ -12,6 +15,7 @@ synthetic | preset demo: 64 px, smallcnn, 6 epochs | 2000 images of 800 patients
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +28,10 @@ from cxrlab.core.targets import TARGETS, Target, target_spec
 from cxrlab.train import pick_device, seed_everything
 from data_fetch.manifest import finding_columns, read_card, read_manifest
 from data_fetch.paths import data_root
+from data_fetch.sources import TRACKS as SOURCES
 from data_fetch.sources import fetch_hint
 
+SOURCE_ENV_VAR = "CXRLAB_SOURCE"
 
 
 @dataclass
@@ -124,6 +130,23 @@ def _unknown_target(target: str, findings: list[str]) -> str:
     return f"unknown target {target!r}; choose one of {', '.join(options)}"
 
 
+def resolve_source(source: str | None = None, synthetic_knobs: bool = False) -> str:
+    """``$CXRLAB_SOURCE`` if set, else ``source`` (default ``synthetic``), as ``$CXRLAB_PRESET``
+    does for the preset. A call with synthetic-cohort knobs keeps its own source: those
+    experiments exist only on the synthetic cohort.
+
+    >>> resolve_source("synthetic", synthetic_knobs=True)     # knobs: $CXRLAB_SOURCE ignored
+    'synthetic'
+    """
+    env = os.environ.get(SOURCE_ENV_VAR)
+    chosen = source if (synthetic_knobs or not env) else env
+    chosen = chosen or "synthetic"
+    if chosen not in SOURCES:
+        where = f" (from ${SOURCE_ENV_VAR})" if chosen == env else ""
+        raise ValueError(f"unknown source {chosen!r}{where}; choose one of {', '.join(SOURCES)}")
+    return chosen
+
+
 def _prepare_synthetic(preset: Preset, overrides: dict[str, Any], progress: bool) -> Path:
     try:
         from data_fetch import synthetic
@@ -198,7 +221,7 @@ def setup(
 
     Args:
         source: ``synthetic`` (default, offline), ``nih``, ``covid19_ar``, ``chexpert``,
-            ``mimic``.
+            ``mimic``; ``$CXRLAB_SOURCE`` overrides it (not for calls with synthetic knobs).
         preset: ``demo``, ``workshop`` or ``full``; ``$CXRLAB_PRESET`` overrides it.
         seed: seeds Python, NumPy and PyTorch.
         device: ``"cuda"``/``"cpu"``; default: CUDA when available.
@@ -211,6 +234,7 @@ def setup(
     Real sources are capped at ``preset.max_images`` images (whole patients, deterministic).
     """
     chosen = get_preset(preset)
+    source = resolve_source(source, synthetic_knobs=bool(synthetic_overrides))
     seed_everything(seed)
     if synthetic_overrides and source != "synthetic":
         raise ValueError(f"options {sorted(synthetic_overrides)} apply to the synthetic source "

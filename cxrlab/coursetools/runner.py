@@ -148,7 +148,8 @@ def run_chapter(path: Path, out: Path, *, preset: str, source: str | None = None
     params: dict[str, Any] = {"PRESET": preset}
     if source is not None:
         params["SOURCE"] = source
-    effective_source = params.get("SOURCE", notebook_parameters(nb).get("SOURCE"))
+    effective_source = (params.get("SOURCE") or os.environ.get("CXRLAB_SOURCE")
+                        or notebook_parameters(nb).get("SOURCE"))
     if effective_source in RESTRICTED_SOURCES and not allow_restricted:
         return ChapterRun(chapter, "refused", 0.0, effective_source,
                           f"source {effective_source!r} is restricted: its outputs may not be "
@@ -157,6 +158,7 @@ def run_chapter(path: Path, out: Path, *, preset: str, source: str | None = None
     inject_parameters(nb, params)
     results_path = (out / "results.json").resolve()
     env = {**os.environ, "CXRLAB_PRESET": preset, "CXRLAB_RESULTS": str(results_path),
+           **({"CXRLAB_SOURCE": effective_source} if effective_source else {}),
            # figures must reach the outputs (and the HTML), even when the caller set Agg
            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     start = time.perf_counter()

@@ -46,7 +46,8 @@ SOURCES: dict[str, SourceInfo] = {
         SourceInfo("covid19_ar", "TCIA COVID-19-AR",
                    "open (CC BY 4.0) via Imaging Data Commons; about 262 radiographs",
                    "data_fetch.sources.covid19_ar",
-                   "python -m data_fetch covid19_ar             (open, CC BY 4.0)"),
+                   "python -m data_fetch covid19_ar             (open, CC BY 4.0, 3.0 GB; "
+                   'needs pip install -e ".[real]")'),
         SourceInfo("chexpert", "CheXpert (Stanford AIMI)",
                    "free registration + research use agreement; a local copy or signed URL",
                    "data_fetch.sources.chexpert",
