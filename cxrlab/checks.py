@@ -216,13 +216,18 @@ def forbid_library(fn: Callable[..., Any], module: types.ModuleType, names: Sequ
     code = getattr(fn, "__code__", None)
     if code is None:
         return
-    targets = {id(getattr(module, n)) for n in names if hasattr(module, n)}
+    targets = {id(getattr(module, n)): n for n in names if hasattr(module, n)}
     used = _code_names(code)
-    aliases = [n for n in used if id(getattr(fn, "__globals__", {}).get(n, None)) in targets]
-    direct = sorted(set(names) & used)
-    found = sorted(set(direct) | set(aliases))
-    require(not found, f"write {task} yourself: your function uses {module.__name__}."
-            f"{found[0]}, the library version the grader compares against")
+    seen = dict(getattr(fn, "__globals__", {}))
+    for var, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+        with contextlib.suppress(ValueError):
+            seen[var] = cell.cell_contents
+    aliases = [targets[id(seen[n])] for n in (used | set(code.co_freevars))
+               if n in seen and id(seen[n]) in targets]
+    found = sorted((set(names) & used) | set(aliases))
+    if found:
+        raise CheckFailed(f"write {task} yourself: your function uses {module.__name__}."
+                          f"{found[0]}, the library version the grader compares against")
 
 
 @contextlib.contextmanager
