@@ -246,3 +246,14 @@ def library_hidden(module: types.ModuleType, names: Sequence[str], task: str) ->
     finally:
         for n, f in saved.items():
             setattr(module, n, f)
+
+
+def call_answer(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the learner's function; its untouched placeholder (``NotImplementedError``) becomes
+    "answer the exercise above first" instead of a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise CheckFailed("answer the exercise above first: your function still raises "
+                          "NotImplementedError (write it in the cell above, run that cell, then "
+                          "run this one)") from None

@@ -715,7 +715,9 @@ def _module() -> Any:
 
 
 def _filtered(fn: Callable[[np.ndarray, float], np.ndarray], img: np.ndarray, d: float) -> np.ndarray:
-    out = fn(img.copy(), d)
+    from cxrlab.checks import call_answer
+
+    out = call_answer(fn, img.copy(), d)
     require(type(out) is np.ndarray, f"return a numpy array, not {type(out).__name__}")
     require(out.shape == img.shape, f"the output has shape {out.shape}; it should keep the image's {img.shape}")
     require(np.isrealobj(out), "return the real part of the inverse FFT (np.real or .real)")
@@ -798,12 +800,12 @@ def check_first_level_function(fn: Callable[[Any, float], float | None]) -> None
     ``fn(table, threshold)`` gets a sweep table (mildest level first; per-class rows and a
     ``macro`` row per level) and returns that level as a number, or ``None``.
     """
-    from cxrlab.checks import forbid_library, require_number
+    from cxrlab.checks import call_answer, forbid_library, require_number
 
     forbid_library(fn, _module(), FIRST_LEVEL_LIBRARY, "the search")
     for levels, macro, other, threshold, want in FIRST_LEVEL_CASES:
         table = _sweep_table(levels, macro, other)
-        got = require_number(fn(table.copy(), threshold), "the level", allow_none=True)
+        got = require_number(call_answer(fn, table.copy(), threshold), "the level", allow_none=True)
         if want is None:
             require(got is None, f"the macro AUC never falls below {threshold} in a test table "
                     f"(AUCs {list(macro)}), yet you returned {got}: return None then")

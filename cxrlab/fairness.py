@@ -628,13 +628,13 @@ def check_underdiagnosis_function(fn: Callable[[Any, Any, Any], Mapping[Any, flo
     The slips it names: dividing by all of a group's patients, the overdiagnosis rate,
     specificity, and calling this module's helpers.
     """
-    from cxrlab.checks import forbid_library, require_number
+    from cxrlab.checks import call_answer, forbid_library, require_number
 
     forbid_library(fn, _module(), UNDERDIAGNOSIS_LIBRARY, "the underdiagnosis rate")
     for seed in (5, 6):
         y, score, g = _exercise_case(seed)
         called = score >= 0.55
-        answer = fn(pd.Series(y), pd.Series(called), pd.Series(g))
+        answer = call_answer(fn, pd.Series(y), pd.Series(called), pd.Series(g))
         if isinstance(answer, pd.Series):
             answer = answer.to_dict()
         if not isinstance(answer, Mapping):
@@ -666,12 +666,12 @@ def check_fair_threshold_function(fn: Callable[[Any, Any, Any, float], float]) -
     The slips it names: the most lenient group's threshold (the minimum), the overall
     threshold, and calling this module's per-group helper.
     """
-    from cxrlab.checks import forbid_library, require_number
+    from cxrlab.checks import call_answer, forbid_library, require_number
 
     forbid_library(fn, _module(), FAIR_THRESHOLD_LIBRARY, "the constrained threshold")
     for seed, max_rate in ((7, 0.2), (8, 0.1)):
         y, s, g = _exercise_case(seed)
-        got = require_number(fn(pd.Series(y), pd.Series(s), pd.Series(g), max_rate), "the threshold")
+        got = require_number(call_answer(fn, pd.Series(y), pd.Series(s), pd.Series(g), max_rate), "the threshold")
         per_group = per_group_thresholds(y, s, g, max_rate)
         best = max(per_group.values())
         if np.array_equal(s >= got, s >= best):

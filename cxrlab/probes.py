@@ -828,7 +828,7 @@ def check_stratified_auc(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], Mapp
     """
     checks.forbid_library(fn, _this_module(), STRATIFIED_LIBRARY, "the stratified AUC")
     case = HAND_CASE
-    got = fn(case["y_true"].copy(), case["score"].copy(), case["strata"].copy())
+    got = checks.call_answer(fn, case["y_true"].copy(), case["score"].copy(), case["strata"].copy())
     checks.require(isinstance(got, Mapping), f"return a dict {{stratum: AUC}}, got {type(got).__name__}")
     checks.require(set(map(str, got)) == {"a", "b", "c"},
                    f"expected one entry per stratum ('a', 'b', 'c'), got {sorted(map(str, got))}")
@@ -850,7 +850,7 @@ def check_stratified_auc(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], Mapp
     score = y * 0.4 + rng.random(90)
     strata = rng.choice(["x", "y", "z"], 90)
     y[strata == "z"] = 0
-    got = fn(y, score, strata)
+    got = checks.call_answer(fn, y, score, strata)
     ref = stratified_auc(y, score, strata, ["neg", "pos"], n_boot=0)
     for s in ("x", "y", "z"):
         want = float(ref.loc[ref["stratum"] == s, "auc"].iloc[0])
@@ -877,7 +877,7 @@ def check_equalise_groups(fn: Callable[..., pd.DataFrame]) -> None:
     df = pd.DataFrame({"race": rng.choice(["A", "B", "C"], 120, p=[0.6, 0.3, 0.1]),
                        "x": rng.random(120)}, index=rng.permutation(np.arange(500, 620)))
     smallest = int(df["race"].value_counts().min())
-    out = fn(df.copy(), "race", 0)
+    out = checks.call_answer(fn, df.copy(), "race", 0)
     checks.require(isinstance(out, pd.DataFrame), f"return a DataFrame, got {type(out).__name__}")
     checks.require(bool(out.index.isin(df.index).all()),
                    "keep the original index: return rows OF df (use .loc or .sample)")
@@ -929,7 +929,7 @@ def check_shortcut_rule(fn: Callable[[float, float, float], bool], evidence: pd.
               verdicts[name].flagged, f"the evidence on {name} reads '{verdicts[name].level}'")
              for name, r in evidence.iterrows()]
     for lo, conf, indep, want, why in [*cases, *SHORTCUT_CASES]:
-        got = fn(lo, conf, indep)
+        got = checks.call_answer(fn, lo, conf, indep)
         checks.require(type(got) in (bool, np.bool_),
                        f"return True or False (a bool), got {type(got).__name__} {got!r}")
         checks.require(bool(got) == want, (

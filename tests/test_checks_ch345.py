@@ -418,3 +418,46 @@ def test_ch5_ex2_copying_the_widgets_maximum_fails():
     exec(answer, ns)
     with pytest.raises(AssertionError):
         exec(_cell("ch05-ex2-check").split("### BEGIN HIDDEN TESTS")[1], ns)
+
+
+# --------------------------------------------------------------------------- claims in chapters 3-5
+def _claim_sentences(nb: dict) -> list[str]:
+    """The sentences of the ``# claim:`` cells: each ``assert`` quotes the text it checks."""
+    import ast
+
+    out = []
+    for c in nb["cells"]:
+        source = "".join(c["source"])
+        if c["cell_type"] == "code" and source.startswith("# claim:"):
+            asserts = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Assert)]
+            assert asserts, source[:80]
+            for node in asserts:
+                assert isinstance(node.msg, ast.Constant), f"claim without its sentence: {source[:80]}"
+                out.append(node.msg.value)
+    return out
+
+
+@pytest.mark.parametrize("chapter", sorted(NOTEBOOKS))
+def test_every_claim_quotes_its_notebooks_text(chapter):
+    import re
+
+    nb = json.loads((ROOT / NOTEBOOKS[chapter]).read_text())
+    norm = lambda t: re.sub(r"\s+", " ", t.replace("*", "").replace("`", ""))  # noqa: E731
+    text = norm(" ".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"))
+    sentences = _claim_sentences(nb)
+    assert len(sentences) >= 5
+    for sentence in sentences:
+        assert norm(sentence) in text, f"{chapter}: the claim {sentence!r} is not in the notebook's text"
+
+
+def test_an_untouched_exercise_says_answer_it_first():
+    def stub(*_args):
+        raise NotImplementedError("Exercise: not implemented yet")
+
+    for check in (probes.check_stratified_auc, probes.check_equalise_groups, degrade.check_high_pass,
+                  degrade.check_first_level_function, fairness.check_underdiagnosis_function,
+                  fairness.check_fair_threshold_function):
+        with pytest.raises(checks.CheckFailed, match="answer the exercise above first"):
+            check(stub)
+    with pytest.raises(checks.CheckFailed, match="answer the exercise above first"):
+        probes.check_shortcut_rule(stub, probes.toy_shortcut_evidence(seed=0, n=200))
