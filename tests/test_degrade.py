@@ -268,12 +268,15 @@ def test_tile_auc_grid(detail_data):
         D.tile_auc_grid(DetailModel(), images, y, ["a", "b"], "rotate")
 
 
-def test_check_high_pass_accepts_a_correct_filter_and_explains_mistakes():
-    D.check_high_pass(lambda img, d: D.high_pass(img, d))
+def test_check_high_pass_rejects_a_low_pass():
+    """The exercise checks (right answer, boundary, scaling, library calls) are in
+    tests/test_checks_ch345.py; here: a low-pass is not mistaken for a high-pass."""
+    def low(img, d):
+        h, w = img.shape
+        r = np.hypot(*np.meshgrid(np.fft.fftfreq(h) * 224, np.fft.fftfreq(w) * 224, indexing="ij"))
+        return np.real(np.fft.ifft2(np.fft.fft2(img) * (r <= d)))
     with pytest.raises(AssertionError, match="zero frequency"):
-        D.check_high_pass(lambda img, d: D.low_pass(img, d))
-    with pytest.raises(AssertionError, match="size/224"):   # d used without the 224-grid scaling
-        D.check_high_pass(lambda img, d: D.high_pass(img, d, reference_size=None))
+        D.check_high_pass(low)
 
 
 def test_auc_rows_macro_only_and_binary(detail_data):

@@ -101,15 +101,34 @@ def test_table_point_estimates_match_and_ci_brackets_them():
 
 
 def test_bootstrap_resamples_patients_not_images():
-    # One patient holds all 20 images of group A: resampling patients must move them together,
-    # so the A estimate either keeps all of them or none (rate stays 0.5 or is NaN), never jitters.
+    # One patient holds all 20 images of group A: resampling patients moves them together, so
+    # the A estimate never jitters; an interval resting on one patient is reported as NaN.
     y = np.array([False] * 20 + [False] * 20)
     p = np.array([True, False] * 10 + [True, False] * 10)
     g = pd.Series(["A"] * 20 + ["B"] * 20, name="group")
     patients = ["solo"] * 20 + [f"b{i}" for i in range(20)]
     t = F.underdiagnosis_table(y, p, g, patients, n_boot=100, seed=3)
-    assert t.loc["A", "underdiagnosis_low"] == t.loc["A", "underdiagnosis_high"] == 0.5
+    assert t.loc["A", "underdiagnosis"] == 0.5
+    assert np.isnan(t.loc["A", "underdiagnosis_low"]) and np.isnan(t.loc["A", "underdiagnosis_high"])
     assert t.loc["B", "underdiagnosis_low"] < 0.5 < t.loc["B", "underdiagnosis_high"]
+
+
+def test_interval_of_a_two_patient_cell_is_kept():
+    y = np.array([False, False, True, True])
+    p = np.array([True, False, False, True])
+    t = F.underdiagnosis_table(y, p, pd.Series(["A"] * 4, name="group"), ["p1", "p2", "p3", "p4"],
+                               n_boot=200, seed=0)
+    assert t.loc["A", "underdiagnosis_low"] == 0.0 and t.loc["A", "underdiagnosis_high"] == 1.0
+
+
+def test_operating_point_fitted_on_other_rows():
+    y_fit, s_fit = np.array([False, False, True, True]), np.array([0.2, 0.6, 0.7, 0.9])
+    y, s = np.array([False, False, True]), np.array([0.65, 0.1, 0.95])
+    op = F.operating_point(y, s, ["A"] * 3, 0.0, fit=(y_fit, s_fit, ["A"] * 4))
+    assert op.thresholds["A"] == pytest.approx(np.nextafter(0.6, 1))   # from the fit rows
+    assert op.underdiagnosis == 0.5            # measured on these: 0.65 is called healthy
+    table = F.tradeoff_table(y, s, ["A"] * 3, [0.0], fit=(y_fit, s_fit, ["A"] * 4))
+    assert (table["threshold"] == op.thresholds["A"]).all()
 
 
 def test_bootstrap_is_reproducible_and_seed_matters():

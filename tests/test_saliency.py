@@ -131,6 +131,8 @@ def test_check_saliency_reading():
         S.check_saliency_reading(0.5, 0.25, "located", maps, masks)
     with pytest.raises(AssertionError, match="share_in_lungs"):
         S.check_saliency_reading(0.9, 0.25, "sensitivity", maps, masks)
+    with pytest.raises(AssertionError, match="plain number"):
+        S.check_saliency_reading(np.array([0.5]), 0.25, "sensitivity", maps, masks)
 
 
 def test_integrated_gradients_is_complete_when_run_in_chunks(trained, monkeypatch):

@@ -72,3 +72,21 @@ def test_prediction_html_and_predictor():
     np.testing.assert_allclose(W.predictor(Binary())(np.zeros((2, 4, 4))), [[0.75, 0.25]] * 2)
     with pytest.raises(KeyError, match="unknown degradation"):
         W.DegradationExplorer(np.zeros((8, 8)), brightness_model, ["A", "B"], "sepia")
+
+
+def test_explorer_shows_the_true_class_and_whether_the_prediction_is_right(image):
+    ex = W.DegradationExplorer(image, brightness_model, ["A", "B"], "high_pass", level=1,
+                               draw=False, true_class="B")
+    assert "true: B; prediction right" in ex.prediction.value
+    ex.slider.value = 150                         # detail gone: the stand-in model says A
+    assert "true: B; prediction wrong" in ex.prediction.value
+    assert "true:" not in W.prediction_html(["A", "B"], np.array([0.4, 0.6]))
+
+
+def test_first_image_right_at_skips_images_misclassified_when_degraded():
+    rng = np.random.default_rng(1)
+    flat = np.full((32, 32), 0.5, np.float32)      # no detail: the stand-in model says A
+    busy = rng.random((32, 32)).astype(np.float32)  # detail: B, and still B after a mild high-pass
+    images = np.stack([flat, busy, busy])
+    assert W.first_image_right_at(brightness_model, images, [1, 1, 1], "high_pass", [1, 25]) == 1
+    assert W.first_image_right_at(brightness_model, images, [0, 0, 0], "high_pass", [1]) == 0

@@ -68,3 +68,14 @@ def test_widget_container_and_factory(cohort):
     w = W.threshold_widget(y, s, g, 0.15, mode="per_group")
     assert w.widget.children[1] is w.figure
     assert w.toggle.value == "per_group"
+
+
+def test_thresholds_chosen_on_fit_rows_and_measured_on_audit_rows(cohort):
+    y, s, g = cohort
+    fit = (y[:300], s[:300], g[:300])
+    w = W.threshold_widget(y[300:], s[300:], g[300:], 0.2, fit=fit, group_label="self-reported race")
+    ref = F.operating_point(y[300:], s[300:], g[300:], 0.2, "global", fit=fit)
+    assert w.point.thresholds == ref.thresholds == {k: F.threshold_at_fpr(*fit[:2], 0.2) for k in "ABC"}
+    w.toggle.value = "per_group"
+    assert w.point.thresholds == F.per_group_thresholds(*fit, 0.2)
+    assert W.draw_operating_point(w.point, group_label="self-reported race").get_xlabel() == "self-reported race"

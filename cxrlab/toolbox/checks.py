@@ -13,7 +13,9 @@ import contextlib
 import inspect
 import os
 import sys
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -397,3 +399,107 @@ def claim(condition: bool, sentence: str, detail: str = "") -> bool:
         print(f"⚠ {message}. Trust the numbers, not the sentence.")
         return False
     raise ClaimFailed(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapters 3-5: helpers their exercise checks share (plain types, no calling the library)
+# ---------------------------------------------------------------------------------------------
+PLAIN_NUMBERS = (int, float, np.integer, np.floating)
+
+
+def require_number(value: Any, name: str, allow_none: bool = False) -> float | None:
+    """``value`` as a float, or :class:`CheckFailed` unless it is a plain number (int, float
+    or a NumPy scalar: no string, no bool, no subclass with its own arithmetic).
+
+    >>> require_number(np.float64(0.25), "rate")
+    0.25
+    >>> require_number("100", "radius")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ...
+    CheckFailed: radius must be a number, not the str '100': store the value itself (100), not its text
+    """
+    if value is None and allow_none:
+        return None
+    exact = type(value) in (int, float) or (isinstance(value, (np.integer, np.floating))
+                                            and type(value).__module__ == "numpy")
+    if isinstance(value, str):
+        raise CheckFailed(f"{name} must be a number, not the str {value!r}: store the value "
+                          f"itself ({value}), not its text")
+    require(exact and not isinstance(value, bool),
+            f"{name} must be a plain number (int or float), not {type(value).__name__}"
+            + (" (or None)" if allow_none else ""))
+    return float(value)
+
+
+def require_plain_str(value: Any, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is exactly a ``str`` among ``choices`` (a ``str`` subclass with its own
+    ``__eq__`` could match anything), else :class:`CheckFailed`."""
+    require(type(value) is str, f"{name} must be a plain string (one of {sorted(choices)}), "
+            f"not {type(value).__name__}")
+    require(str.__eq__(value, value) and value in set(choices),
+            f"{name} must be one of {sorted(choices)}, not {value!r}")
+    return value
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """Every global or attribute name a code object (and the functions inside it) refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def forbid_library(fn: Callable[..., Any], module: types.ModuleType, names: Sequence[str],
+                   task: str) -> None:
+    """:class:`CheckFailed` if the learner's function ``fn`` refers to ``module.<name>`` for any
+    of ``names`` (by attribute, or through a global alias such as ``from module import name``).
+
+    The exercise asks learners to write ``task`` themselves; the library's version is what the
+    hidden tests compare against, so calling it would pass without learning anything.
+    """
+    require(callable(fn), f"expected a function, got {type(fn).__name__}")
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return
+    targets = {id(getattr(module, n)): n for n in names if hasattr(module, n)}
+    used = _code_names(code)
+    seen = dict(getattr(fn, "__globals__", {}))
+    for var, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+        with contextlib.suppress(ValueError):
+            seen[var] = cell.cell_contents
+    aliases = [targets[id(seen[n])] for n in (used | set(code.co_freevars))
+               if n in seen and id(seen[n]) in targets]
+    found = sorted((set(names) & used) | set(aliases))
+    if found:
+        raise CheckFailed(f"write {task} yourself: your function uses {module.__name__}."
+                          f"{found[0]}, the library version the grader compares against")
+
+
+@contextlib.contextmanager
+def library_hidden(module: types.ModuleType, names: Sequence[str], task: str) -> Iterator[None]:
+    """Inside the block, ``module.<name>`` raises :class:`CheckFailed` ("write it yourself");
+    restored afterwards. Hidden tests call the learner's function inside it."""
+    saved = {n: getattr(module, n) for n in names if hasattr(module, n)}
+
+    def blocked(*_args: Any, **_kwargs: Any) -> Any:
+        raise CheckFailed(f"write {task} yourself instead of calling {module.__name__}'s version")
+
+    try:
+        for n in saved:
+            setattr(module, n, blocked)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(module, n, f)
+
+
+def call_answer(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the learner's function; its untouched placeholder (``NotImplementedError``) becomes
+    "answer the exercise above first" instead of a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise CheckFailed("answer the exercise above first: your function still raises "
+                          "NotImplementedError (write it in the cell above, run that cell, then "
+                          "run this one)") from None

@@ -703,49 +703,142 @@ def plot_tile_grid(table, title: str, ax: Any = None, vmin: float = 0.5, vmax: f
 
 
 # --------------------------------------------------------------------------- learner self-checks
+HIGH_PASS_LIBRARY = ("high_pass", "low_pass", "band_pass", "notch", "fft_mask", "apply_fft_mask",
+                     "_fft_filter", "_cached_mask", "frequency_radius", "HighPass", "LowPass")
+FIRST_LEVEL_LIBRARY = ("first_level_below", "check_first_level_below")
+
+
+def _module() -> Any:
+    import sys
+
+    return sys.modules[__name__]
+
+
+def _filtered(fn: Callable[[np.ndarray, float], np.ndarray], img: np.ndarray, d: float) -> np.ndarray:
+    from cxrlab.checks import call_answer
+
+    out = call_answer(fn, img.copy(), d)
+    require(type(out) is np.ndarray, f"return a numpy array, not {type(out).__name__}")
+    require(out.shape == img.shape, f"the output has shape {out.shape}; it should keep the image's {img.shape}")
+    require(np.isrealobj(out), "return the real part of the inverse FFT (np.real or .real)")
+    return out
+
+
 def check_high_pass(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
     """Self-check for the exercise "implement the high-pass filter".
 
-    ``fn(image, d)`` takes a float ``(H, W)`` numpy image and a radius on the 224-px grid.
+    ``fn(image, d)`` takes a float ``(H, W)`` numpy image and a radius on the 224-px grid. The
+    usual slips, each named: keeping radius >= d (the boundary; d = 0 shows it), radii in pixels
+    of this image instead of the 224-px grid, one axis's frequencies for both, a low-pass.
     """
+    from cxrlab.checks import forbid_library
+
+    forbid_library(fn, _module(), HIGH_PASS_LIBRARY, "the high-pass filter")
     rng = np.random.default_rng(0)
     img = rng.random((64, 64))
-    out = fn(img.copy(), 25)
-    require(isinstance(out, np.ndarray), f"return a numpy array, not {type(out).__name__}")
-    require(out.shape == img.shape, f"the output has shape {out.shape}; it should keep the image's {img.shape}")
-    require(np.isrealobj(out), "return the real part of the inverse FFT (np.real or .real)")
+    out = _filtered(fn, img, 25)
     require(abs(float(out.mean())) < 1e-6, (
         f"the mean of the output is {out.mean():.3f}, not 0: a high-pass filter removes the "
         "zero frequency (the centre of the shifted spectrum, or index [0, 0] unshifted)"))
+    require(np.allclose(_filtered(fn, img, 0), img - img.mean(), atol=1e-6), (
+        "with d = 0 a high-pass removes exactly one coefficient, the zero frequency (radius 0 is "
+        "not greater than 0), so the output is the image minus its mean. Keep radius > d, not >= d"))
     wave = 0.5 + 0.25 * np.cos(2 * np.pi * 8 * np.arange(64) / 64)[None, :].repeat(64, 0)
-    kept, removed = fn(wave, 20), fn(wave, 40)   # 8 cycles per image = radius 28 on the 224 grid
+    kept = _filtered(fn, wave, 20)   # 8 cycles per 64-px image = radius 28 on the 224 grid
     require(np.allclose(kept, wave - 0.5, atol=1e-6), (
         "a sinusoid at radius 28 (8 cycles per 64-px image) should pass a high-pass with d=20; "
-        "did you scale d by size/224, and keep frequencies with radius > d?"))
-    require(np.allclose(removed, 0, atol=1e-6), (
-        "a sinusoid at radius 28 should be removed by a high-pass with d=40"))
-    require(np.allclose(out, high_pass(img, 25), atol=1e-6), (
-        "close, but the output differs from cxrlab.degrade.high_pass: check the mask (radius "
-        "computed from np.fft.fftfreq(n) * 224, keep radius > d)"))
+        "did you scale the frequencies to the 224-px grid (np.fft.fftfreq(n) * 224) and keep "
+        "radius > d (not a low-pass)?"))
+    require(np.allclose(_filtered(fn, wave, 40), 0, atol=1e-6),
+            "a sinusoid at radius 28 should be removed by a high-pass with d=40")
+    require(np.allclose(_filtered(fn, wave, 28), 0, atol=1e-6), (
+        "a sinusoid at radius exactly 28 should be removed with d=28: the filter keeps radius "
+        "> d only, so the boundary circle goes"))
+    wide = rng.random((48, 80))
+    require(np.allclose(_filtered(fn, wide, 30), high_pass(wide, 30), atol=1e-6), (
+        "right on a square image, wrong on a 48 x 80 one: use np.fft.fftfreq(H) for the rows "
+        "and np.fft.fftfreq(W) for the columns"))
     passed("Correct: your high-pass filter removes the mean and keeps exactly the frequencies above d.")
 
 
+def _sweep_table(levels: Sequence[float], macro: Sequence[float], other: Sequence[float]):
+    """A small sweep table in :func:`sweep_at_test_time`'s layout: class ``A`` rows then ``macro``."""
+    import pandas as pd
+
+    rows = [{"degradation": "high_pass", "level": float(lv), "class": c, "auc": float(a)}
+            for lv, a_macro, a_other in zip(levels, macro, other)
+            for c, a in (("A", a_other), ("macro", a_macro))]
+    return pd.DataFrame(rows)
+
+
+FIRST_LEVEL_CASES = (
+    # levels, macro AUCs, class A AUCs, threshold, expected first level
+    ((1, 5, 10, 25, 50, 100), (0.90, 0.85, 0.58, 0.63, 0.40, 0.55), (0.9, 0.45, 0.7, 0.7, 0.7, 0.7),
+     0.6, 10.0),
+    ((1, 5, 10, 25), (0.90, 0.85, 0.81, 0.79), (0.5, 0.5, 0.5, 0.5), 0.6, None),
+    ((2, 4, 8, 16), (0.95, 0.80, 0.75, 0.70), (0.9, 0.9, 0.9, 0.9), 0.8, 8.0),
+)
+
+
+def _first_level_hint(got: float, levels, macro, other, threshold: float) -> str:
+    below = [lv for lv, a in zip(levels, macro) if a < threshold]
+    other_below = [lv for lv, a in zip(levels, other) if a < threshold]
+    if other_below and got == other_below[0]:
+        return " That is where class A's row falls below: keep only the rows with class == 'macro'."
+    if got == levels[int(np.argmin(macro))]:
+        return " That is the level with the LOWEST AUC; the question asks for the first level below."
+    if below and got == below[-1]:
+        return " That is the LAST level below; take the first one (the mildest, in table order)."
+    if got in [float(a) for a in macro]:
+        return " That is an AUC; return the level (the 'level' column)."
+    return " Filter class == 'macro', then auc < threshold, then take the first row's level."
+
+
+def check_first_level_function(fn: Callable[[Any, float], float | None]) -> None:
+    """Self-check for "find the first level at which the AUC falls below a threshold".
+
+    ``fn(table, threshold)`` gets a sweep table (mildest level first; per-class rows and a
+    ``macro`` row per level) and returns that level as a number, or ``None``.
+    """
+    from cxrlab.checks import call_answer, forbid_library, require_number
+
+    forbid_library(fn, _module(), FIRST_LEVEL_LIBRARY, "the search")
+    for levels, macro, other, threshold, want in FIRST_LEVEL_CASES:
+        table = _sweep_table(levels, macro, other)
+        got = require_number(call_answer(fn, table.copy(), threshold), "the level", allow_none=True)
+        if want is None:
+            require(got is None, f"the macro AUC never falls below {threshold} in a test table "
+                    f"(AUCs {list(macro)}), yet you returned {got}: return None then")
+            continue
+        require(got is not None, f"the macro AUC falls below {threshold} at level {want} of a test "
+                f"table (AUCs {list(macro)}), yet you returned None")
+        require(got == want, f"levels {list(levels)}, macro AUCs {list(macro)}, threshold "
+                f"{threshold}: expected {want:g}, got {got:g}."
+                + _first_level_hint(got, levels, macro, other, threshold))
+    passed("Correct: your function returns the first (mildest) level where the macro AUC falls "
+           "below the threshold, and None when it never does.")
+
+
 def check_first_level_below(answer: float | None, table, threshold: float = 0.6) -> None:
-    """Self-check for "find the radius where AUC falls below 0.6" on a sweep ``table``."""
+    """Self-check for "find the radius where AUC falls below 0.6" on a sweep ``table``:
+    ``answer`` must be a plain number (or ``None``), equal to the true first level."""
+    from cxrlab.checks import require_number
+
+    value = require_number(answer, "radius_below_06", allow_none=True)
     truth = first_level_below(table, threshold)
     name = table["degradation"].iloc[0]
     if truth is None:
-        require(answer is None, (f"the macro AUC never falls below {threshold} in this {name} sweep; "
+        require(value is None, (f"the macro AUC never falls below {threshold} in this {name} sweep; "
                                 "the answer should be None"))
     else:
-        require(answer is not None, (f"the macro AUC does fall below {threshold}: look at the rows "
+        require(value is not None, (f"the macro AUC does fall below {threshold}: look at the rows "
                                     "with class == 'macro'"))
-        require(float(answer) == float(truth), (
+        require(value == float(truth), (
             f"{answer} is not the first level (mildest first, in the table's order) where the "
             f"macro AUC < {threshold}; filter class == 'macro', then auc < {threshold}, then take "
             "the first row"))
     passed(f"Correct: in the {name} sweep the macro AUC first drops below {threshold} at "
-          f"{spec_param(name)} = {truth}.")
+           f"{spec_param(name)} = {truth}.")
 
 
 def spec_param(name: str) -> str:

@@ -24,7 +24,7 @@ table from the same resamples, so gaps between groups get an honest interval too
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,6 +251,10 @@ def _bootstrap_rates(counts: np.ndarray, n_boot: int, seed: int,
     return np.concatenate(out)
 
 
+MIN_PATIENTS_FOR_CI = 2
+"""A cell's interval needs at least this many patients in its denominator (else NaN)."""
+
+
 def underdiagnosis_table(no_finding_true: Any, no_finding_pred: Any, sensitive: Any,
                          patient_ids: Any, *, n_boot: int = 200, seed: int = 0,
                          ci: float = 0.95, reference: Any = None) -> pd.DataFrame:
@@ -264,7 +268,8 @@ def underdiagnosis_table(no_finding_true: Any, no_finding_pred: Any, sensitive: 
     Columns: ``n, n_with_finding, n_healthy, underdiagnosis, underdiagnosis_low,
     underdiagnosis_high, overdiagnosis, overdiagnosis_low, overdiagnosis_high, accuracy``
     (and ``gap, gap_low, gap_high``). ``table.attrs['n_dropped']`` counts rows left out for a
-    missing attribute.
+    missing attribute. A rate whose denominator holds fewer than :data:`MIN_PATIENTS_FOR_CI`
+    patients gets no interval (NaN): resampling one patient always gives the same rate.
 
     >>> t = underdiagnosis_table([False, False, True, False], [True, False, True, False],
     ...                          pd.Series(["A", "A", "B", "B"], name="group"),
@@ -286,12 +291,14 @@ def underdiagnosis_table(no_finding_true: Any, no_finding_pred: Any, sensitive: 
     table = mf.by_group.reindex(cells)
     for col in ("n", "n_with_finding", "n_healthy"):
         table[col] = table[col].astype(int)
-    boots = _bootstrap_rates(_patient_cell_counts(y, p, patients[keep], codes, len(cells)),
-                             n_boot, seed)
+    counts = _patient_cell_counts(y, p, patients[keep], codes, len(cells))
+    boots = _bootstrap_rates(counts, n_boot, seed)
     lo, hi = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
     for k, name in enumerate(("underdiagnosis", "overdiagnosis")):
-        table[f"{name}_low"] = _nanpercentile(boots[..., k], lo)
-        table[f"{name}_high"] = _nanpercentile(boots[..., k], hi)
+        # a rate resting on one patient has no spread to resample: no interval (NaN), not 0-0
+        enough = (counts[:, :, 2 * k + 1] > 0).sum(axis=0) >= MIN_PATIENTS_FOR_CI
+        table[f"{name}_low"] = np.where(enough, _nanpercentile(boots[..., k], lo), np.nan)
+        table[f"{name}_high"] = np.where(enough, _nanpercentile(boots[..., k], hi), np.nan)
     if reference is not None:
         _add_gap(table, boots, cells, reference, lo, hi)
     order = ["n", "n_with_finding", "n_healthy", "underdiagnosis", "underdiagnosis_low",
@@ -414,7 +421,7 @@ class OperatingPoint:
 
 
 def operating_point(no_finding_true: Any, proba: Any, groups: Any, target_fpr: float,
-                    mode: str = "global") -> OperatingPoint:
+                    mode: str = "global", fit: tuple[Any, Any, Any] | None = None) -> OperatingPoint:
     """Choose thresholds for ``target_fpr`` and measure every group there.
 
     ``mode="global"``: one threshold so the *overall* underdiagnosis rate is at most the
@@ -425,16 +432,21 @@ def operating_point(no_finding_true: Any, proba: Any, groups: Any, target_fpr: f
     >>> op = operating_point([False, True, False, True], [0.2, 0.9, 0.6, 0.7], ["A", "A", "B", "B"], 0.0)
     >>> op.accuracy, round(op.thresholds["A"], 3)
     (1.0, 0.6)
+
+    ``fit=(labels, scores, groups)`` chooses the thresholds on other rows (the validation
+    split, with the labels a hospital has) and measures them on these.
     """
     y = _as_bool(no_finding_true, "no_finding_true")
     s = _scores(proba)
     g = pd.Series(np.asarray(groups, dtype=object), name="group")
     names = sorted(g.dropna().unique(), key=str)
+    fy, fs, fg = (y, s, g) if fit is None else (
+        _as_bool(fit[0], "fit labels"), _scores(fit[1]), pd.Series(np.asarray(fit[2], dtype=object)))
     if mode == "global":
-        t = threshold_at_fpr(y, s, target_fpr)
+        t = threshold_at_fpr(fy, fs, target_fpr)
         thresholds = {name: t for name in names}
     elif mode == "per_group":
-        thresholds = per_group_thresholds(y, s, g, target_fpr)
+        thresholds = per_group_thresholds(fy, fs, fg, target_fpr)
     else:
         raise ValueError(f"mode must be 'global' or 'per_group', got {mode!r}")
     pred = apply_thresholds(s, g, thresholds)
@@ -447,11 +459,13 @@ def operating_point(no_finding_true: Any, proba: Any, groups: Any, target_fpr: f
 
 
 def tradeoff_table(no_finding_true: Any, proba: Any, groups: Any,
-                   targets: Sequence[float] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)) -> pd.DataFrame:
+                   targets: Sequence[float] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
+                   fit: tuple[Any, Any, Any] | None = None) -> pd.DataFrame:
     """Global versus per-group thresholds over a grid of target underdiagnosis rates.
 
     One row per (target, mode, group) with the group's threshold, underdiagnosis and
-    overdiagnosis, and the overall accuracy at that operating point.
+    overdiagnosis, and the overall accuracy at that operating point; ``fit`` as in
+    :func:`operating_point`.
 
     >>> t = tradeoff_table([False, True, False, True], [0.2, 0.9, 0.6, 0.7], ["A", "A", "B", "B"], [0.0])
     >>> sorted(t["mode"].unique())
@@ -460,7 +474,7 @@ def tradeoff_table(no_finding_true: Any, proba: Any, groups: Any,
     rows = []
     for target in targets:
         for mode in ("global", "per_group"):
-            op = operating_point(no_finding_true, proba, groups, target, mode)
+            op = operating_point(no_finding_true, proba, groups, target, mode, fit)
             for name, r in op.per_group.iterrows():
                 rows.append({"target_fpr": float(target), "mode": mode, "group": name,
                              "threshold": r["threshold"], "underdiagnosis": r["underdiagnosis"],
@@ -583,3 +597,98 @@ def check_threshold_constraint(threshold: float, no_finding_true: Any, proba: An
             f"would call {extra} more healthy patients healthy. Find the lowest admissible one.")
     print(f"Correct: threshold {float(threshold):.4f} keeps every group's underdiagnosis "
           f"<= {max_fpr} and flags as few healthy patients as possible.")
+
+
+UNDERDIAGNOSIS_LIBRARY = ("underdiagnosis_rate", "overdiagnosis_rate", "confusion_counts",
+                          "group_metric_frame", "underdiagnosis_table", "operating_point",
+                          "tradeoff_table")
+FAIR_THRESHOLD_LIBRARY = ("per_group_thresholds", "operating_point", "tradeoff_table",
+                          "check_threshold_constraint")
+
+
+def _module() -> Any:
+    import sys
+
+    return sys.modules[__name__]
+
+
+def _exercise_case(seed: int, n: int = 240) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, scores and groups for the self-checks: group C's sick patients score higher."""
+    rng = np.random.default_rng(seed)
+    groups = rng.choice(np.array(["A", "B", "C"], dtype=object), n, p=[0.5, 0.3, 0.2])
+    healthy = rng.random(n) < 0.5
+    score = np.clip(0.45 * healthy + 0.25 * (groups == "C") + 0.4 * rng.random(n), 0, 1)
+    return healthy, score, groups
+
+
+def check_underdiagnosis_function(fn: Callable[[Any, Any, Any], Mapping[Any, float]]) -> None:
+    """Self-check for "underdiagnosis by hand": ``fn(no_finding_true, called_healthy, groups)``
+    returns ``{group: rate}`` (plain numbers), tried on data the notebook has not tabulated.
+
+    The slips it names: dividing by all of a group's patients, the overdiagnosis rate,
+    specificity, and calling this module's helpers.
+    """
+    from cxrlab.checks import call_answer, forbid_library, require_number
+
+    forbid_library(fn, _module(), UNDERDIAGNOSIS_LIBRARY, "the underdiagnosis rate")
+    for seed in (5, 6):
+        y, score, g = _exercise_case(seed)
+        called = score >= 0.55
+        answer = call_answer(fn, pd.Series(y), pd.Series(called), pd.Series(g))
+        if isinstance(answer, pd.Series):
+            answer = answer.to_dict()
+        if not isinstance(answer, Mapping):
+            raise AssertionError(f"return a dict (or Series) group -> rate, got {type(answer).__name__}")
+        for k in sorted(set(g)):
+            if k not in answer:
+                raise AssertionError(f"no rate for group {k!r}; your answer has {sorted(map(str, answer))}")
+            have = require_number(answer[k], f"the rate of group {k!r}")
+            m = g == k
+            want = underdiagnosis_rate(y[m], called[m])
+            if abs(have - want) <= TOL:
+                continue
+            slips = {"overdiagnosis rate (healthy patients flagged)": overdiagnosis_rate(y[m], called[m]),
+                     "specificity (1 - underdiagnosis)": 1 - want,
+                     "sick-called-healthy divided by ALL of the group's patients": float((~y[m] & called[m]).mean())}
+            slip = next((name for name, v in slips.items() if abs(have - v) <= TOL), None)
+            raise AssertionError(
+                f"a test case, group {k}: you have {have:.4f}, expected {want:.4f}."
+                + (f" That number is the {slip}." if slip else "")
+                + " Underdiagnosis = patients WITH a finding (no_finding False) called healthy, "
+                "divided by the group's patients WITH a finding.")
+    print("Correct: your function gives every group's underdiagnosis rate on two test cases.")
+
+
+def check_fair_threshold_function(fn: Callable[[Any, Any, Any, float], float]) -> None:
+    """Self-check for "one threshold that keeps every group under a rate":
+    ``fn(no_finding_true, score, groups, max_rate)`` returns the lowest such threshold.
+
+    The slips it names: the most lenient group's threshold (the minimum), the overall
+    threshold, and calling this module's per-group helper.
+    """
+    from cxrlab.checks import call_answer, forbid_library, require_number
+
+    forbid_library(fn, _module(), FAIR_THRESHOLD_LIBRARY, "the constrained threshold")
+    for seed, max_rate in ((7, 0.2), (8, 0.1)):
+        y, s, g = _exercise_case(seed)
+        got = require_number(call_answer(fn, pd.Series(y), pd.Series(s), pd.Series(g), max_rate), "the threshold")
+        per_group = per_group_thresholds(y, s, g, max_rate)
+        best = max(per_group.values())
+        if np.array_equal(s >= got, s >= best):
+            continue
+        rates = {k: underdiagnosis_rate(y[g == k], s[g == k] >= got) for k in per_group}
+        worst = max(rates, key=rates.get)
+        if rates[worst] > max_rate + TOL:
+            lenient = " (the most lenient group's threshold: use the strictest)" \
+                if np.array_equal(s >= got, s >= min(per_group.values())) else ""
+            overall = " (the overall rate meets the target; each group's must)" \
+                if np.array_equal(s >= got, s >= threshold_at_fpr(y, s, max_rate)) else ""
+            raise AssertionError(
+                f"a test case with max_rate {max_rate}: at your threshold {got:.4f} group {worst}'s "
+                f"underdiagnosis is {rates[worst]:.3f}{lenient}{overall}. Every group must stay "
+                "at or below the rate, so the strictest group decides.")
+        raise AssertionError(
+            f"a test case with max_rate {max_rate}: your threshold {got:.4f} meets the constraint, "
+            f"but the lower {best:.4f} does too and calls more healthy patients healthy.")
+    print("Correct: your function finds the lowest threshold that keeps every group at or "
+          "below the rate, on two test cases.")

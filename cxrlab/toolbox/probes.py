@@ -43,7 +43,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from tqdm.auto import tqdm
 
-from cxrlab import metrics
+from cxrlab import checks, metrics
 
 NUMERIC_COVARIATES = ("age", "bmi")
 CATEGORICAL_COVARIATES = ("sex", "view", "site")
@@ -706,6 +706,35 @@ def frozen_feature_probe(model: Any, train: tuple[np.ndarray, pd.DataFrame],
                         n_boot, seed, C)
 
 
+def paired_macro_auc_difference(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.ndarray,
+                                groups: np.ndarray | None = None, n_boot: int = 200,
+                                seed: int = 0) -> metrics.CI:
+    """Macro one-vs-rest AUC of ``proba_a`` minus that of ``proba_b`` on the same test rows, with
+    a paired patient bootstrap: both are scored on the SAME resamples, so the interval is that
+    of the difference (two separate intervals that overlap can still hide a clear difference).
+
+    >>> y = np.arange(60) % 3; good = np.eye(3)[y] + 0.1; bad = np.full((60, 3), 1 / 3)
+    >>> ci = paired_macro_auc_difference(y, good, bad, n_boot=50)
+    >>> round(ci.estimate, 2), ci.low > 0
+    (0.5, True)
+    """
+    y_true = np.asarray(y_true).astype(int)
+    keep = y_true >= 0
+    y, pa, pb = y_true[keep], np.asarray(proba_a, float)[keep], np.asarray(proba_b, float)[keep]
+    g = None if groups is None else np.asarray(groups)[keep]
+    estimate = macro_ovr_auc(y, pa) - macro_ovr_auc(y, pb)
+    weights = metrics.bootstrap_weights(g, len(y), n_boot, seed)
+    diffs = np.zeros(len(weights))
+    for k in range(pa.shape[1]):
+        positive = (y == k).astype(int)
+        diffs += metrics.weighted_aucs(positive, pa[:, k], weights) - \
+            metrics.weighted_aucs(positive, pb[:, k], weights)
+    diffs = diffs[np.isfinite(diffs)] / pa.shape[1]
+    low, high = np.percentile(diffs, [2.5, 97.5]) if len(diffs) else (np.nan, np.nan)
+    return metrics.CI(float(estimate), float(low), float(high), int(len(diffs)),
+                      int(len(weights) - len(diffs)))
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. Toy shortcut models and learner self-checks for the chapter's exercises
 # ---------------------------------------------------------------------------------------------
@@ -765,84 +794,147 @@ def verdicts_from_evidence(evidence: pd.DataFrame, site_threshold: float = 0.7,
 
 
 HAND_CASE = {
-    "y_true": np.array([1, 0, 0, 1, 1, 0]),
-    "score": np.array([0.9, 0.8, 0.1, 0.2, 0.6, 0.4]),
-    "strata": np.array(["a", "a", "a", "b", "b", "b"]),
-    "expected": {"a": 1.0, "b": 0.5},
+    "y_true": np.array([1, 0, 0, 1, 1, 0, 1, 1]),
+    "score": np.array([0.9, 0.8, 0.1, 0.2, 0.6, 0.4, 0.3, 0.7]),
+    "strata": np.array(["a", "a", "a", "b", "b", "b", "c", "c"]),
+    "expected": {"a": 1.0, "b": 0.5, "c": float("nan")},
 }
+"""The exercise's hand-worked case: stratum ``c`` holds positives only (no AUC)."""
+
+STRATIFIED_LIBRARY = ("stratified_auc", "stratified_evaluation", "ovr_auc_table", "auc_with_ci")
+EQUALISE_LIBRARY = ("equalise_groups", "match_within", "glocker_resample", "decorrelate")
+SHORTCUT_LIBRARY = ("shortcut_verdict", "verdicts_from_evidence", "ShortcutVerdict")
+
+
+def _this_module() -> Any:
+    import sys
+
+    return sys.modules[__name__]
+
+
+def _stratum_value(got: Mapping[Any, Any], stratum: str) -> float:
+    """The learner's AUC for ``stratum`` as a float (keys may be str or NumPy str)."""
+    value = got[stratum] if stratum in got else got.get(str(stratum), None)
+    checks.require(value is not None, f"no entry for stratum {stratum!r}")
+    return float(checks.require_number(value, f"the AUC of stratum {stratum!r}"))
 
 
 def check_stratified_auc(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], Mapping[str, float]]) -> None:
     """Self-check for the exercise "implement the stratified AUC".
 
-    ``fn(y_true, score, strata)`` must return ``{stratum: AUC}`` with ``nan`` for a stratum
-    that holds one class only.
+    ``fn(y_true, score, strata)`` must return ``{stratum: AUC}`` (plain floats) with ``nan``
+    for a stratum that holds one class only. The usual slips, each named: the AUC of all rows
+    for every stratum (no mask), 0.5 or 0 for a one-class stratum, calling the library.
     """
+    checks.forbid_library(fn, _this_module(), STRATIFIED_LIBRARY, "the stratified AUC")
     case = HAND_CASE
-    got = fn(case["y_true"].copy(), case["score"].copy(), case["strata"].copy())
-    assert isinstance(got, Mapping), f"return a dict {{stratum: AUC}}, got {type(got).__name__}"
-    assert set(map(str, got)) == {"a", "b"}, \
-        f"expected one entry per stratum ('a' and 'b'), got {sorted(map(str, got))}"
+    got = checks.call_answer(fn, case["y_true"].copy(), case["score"].copy(), case["strata"].copy())
+    checks.require(isinstance(got, Mapping), f"return a dict {{stratum: AUC}}, got {type(got).__name__}")
+    checks.require(set(map(str, got)) == {"a", "b", "c"},
+                   f"expected one entry per stratum ('a', 'b', 'c'), got {sorted(map(str, got))}")
+    overall = binary_auc(case["y_true"], case["score"])
     for s, want in case["expected"].items():
-        value = float(got[s] if s in got else got[str(s)])
-        assert abs(value - want) < 1e-9, (
-            f"stratum '{s}': expected AUC {want} (count the positive-negative pairs ranked the "
-            f"right way inside the stratum only), got {value}")
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, 60)
-    score = y * 0.5 + rng.random(60)
-    strata = rng.choice(["x", "y", "z"], 60)
-    y[strata == "z"] = 1
-    got = fn(y, score, strata)
+        value = _stratum_value(got, s)
+        if np.isnan(want):
+            checks.require(np.isnan(value), (
+                f"stratum '{s}' holds positives only, so its AUC is undefined: return "
+                f"float('nan'), not {value} (0.5 would claim a coin-flip ranking that was never "
+                "measured)"))
+            continue
+        hint = (" That is the AUC of ALL rows: select the stratum's rows first (a boolean mask)."
+                if abs(value - overall) < 1e-9 else
+                " Count the positive-negative pairs ranked the right way inside the stratum only.")
+        checks.require(abs(value - want) < 1e-9, f"stratum '{s}': expected AUC {want}, got {value}.{hint}")
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 2, 90)
+    score = y * 0.4 + rng.random(90)
+    strata = rng.choice(["x", "y", "z"], 90)
+    y[strata == "z"] = 0
+    got = checks.call_answer(fn, y, score, strata)
     ref = stratified_auc(y, score, strata, ["neg", "pos"], n_boot=0)
-    for s in ("x", "y"):
+    for s in ("x", "y", "z"):
         want = float(ref.loc[ref["stratum"] == s, "auc"].iloc[0])
-        assert abs(float(got[s]) - want) < 1e-9, f"stratum '{s}' of a random case: expected {want:.4f}, got {float(got[s]):.4f}"
-    assert not np.isfinite(float(got["z"])), (
-        "stratum 'z' holds positives only: its AUC is undefined, return float('nan') there")
-    print("Correct: your stratified AUC matches the hand-computed strata (a: 1.0, b: 0.5) and a random case.")
+        value = _stratum_value(got, s)
+        same = (np.isnan(want) and np.isnan(value)) or abs(value - want) < 1e-9
+        checks.require(same, f"stratum '{s}' of a random case: expected {want:.4f}, got {value:.4f}")
+    checks.passed("Correct: your stratified AUC matches the hand-computed strata (a: 1.0, b: 0.5, "
+                  "c: nan) and a random case.")
+
+
+def _first_rows(df: pd.DataFrame, group_col: str, n: int) -> list[Any]:
+    return sorted(df.groupby(group_col).head(n).index)
 
 
 def check_equalise_groups(fn: Callable[..., pd.DataFrame]) -> None:
     """Self-check for the exercise "implement step 1 of the resampling".
 
     ``fn(df, group_col, seed)`` must return a subset of ``df``'s rows (index kept, no row twice)
-    with the same number of rows in every group, as many as the smallest group allows.
+    with the same number of rows in every group, as many as the smallest group allows, drawn
+    at random: the same ``seed`` gives the same rows, another seed other rows.
     """
+    checks.forbid_library(fn, _this_module(), EQUALISE_LIBRARY, "the equalising step")
     rng = np.random.default_rng(3)
-    df = pd.DataFrame({"race": rng.choice(["A", "B", "C"], 50, p=[0.6, 0.3, 0.1]),
-                       "x": rng.random(50)}, index=np.arange(100, 150))
+    df = pd.DataFrame({"race": rng.choice(["A", "B", "C"], 120, p=[0.6, 0.3, 0.1]),
+                       "x": rng.random(120)}, index=rng.permutation(np.arange(500, 620)))
     smallest = int(df["race"].value_counts().min())
-    out = fn(df.copy(), "race", 0)
-    assert isinstance(out, pd.DataFrame), f"return a DataFrame, got {type(out).__name__}"
-    assert out.index.isin(df.index).all(), "keep the original index: return rows OF df (use .loc or .sample)"
-    assert not out.index.duplicated().any(), "a row appears twice: sample WITHOUT replacement"
+    out = checks.call_answer(fn, df.copy(), "race", 0)
+    checks.require(isinstance(out, pd.DataFrame), f"return a DataFrame, got {type(out).__name__}")
+    checks.require(bool(out.index.isin(df.index).all()),
+                   "keep the original index: return rows OF df (use .loc or .sample)")
+    checks.require(not out.index.duplicated().any(), "a row appears twice: sample WITHOUT replacement")
     counts = out["race"].value_counts()
-    assert set(counts.index) == {"A", "B", "C"}, f"every group must stay, got {sorted(counts.index)}"
-    assert counts.nunique() == 1, f"group counts differ: {counts.to_dict()}"
-    assert counts.iloc[0] == smallest, (
-        f"keep as many rows as the smallest group allows ({smallest} per group), got {counts.iloc[0]}")
-    assert (out["x"] == df.loc[out.index, "x"]).all(), "rows were changed: return them untouched"
+    checks.require(set(counts.index) == {"A", "B", "C"}, f"every group must stay, got {sorted(counts.index)}")
+    checks.require(counts.nunique() == 1, f"group counts differ: {counts.to_dict()}")
+    checks.require(int(counts.iloc[0]) == smallest, (
+        f"keep as many rows as the smallest group allows ({smallest} per group), got {counts.iloc[0]}"))
+    checks.require(bool((out["x"] == df.loc[out.index, "x"]).all()), "rows were changed: return them untouched")
+    checks.require(sorted(out.index) != _first_rows(df, "race", smallest), (
+        "you kept the FIRST rows of each group (like groupby().head(n)): whatever order the "
+        "table happens to be in decides who stays. Draw the rows at random with the seed "
+        "(groupby().sample(n=..., random_state=seed))"))
     again = fn(df.copy(), "race", 0)
-    assert list(again.index) == list(out.index), "the same seed must give the same rows"
-    print(f"Correct: {smallest} rows per group, drawn without replacement, reproducible with the seed.")
+    checks.require(sorted(again.index) == sorted(out.index), "the same seed must give the same rows")
+    other = fn(df.copy(), "race", 1)
+    checks.require(sorted(other.index) != sorted(out.index), (
+        "seed 0 and seed 1 gave the same rows: use the seed argument (random_state=seed), not "
+        "a fixed one, so a resampling can be repeated with other draws"))
+    checks.passed(f"Correct: {smallest} rows per group, drawn at random without replacement, "
+                  "reproducible with the seed.")
 
 
-def check_shortcut_answers(answers: Mapping[str, bool], evidence: pd.DataFrame) -> None:
-    """Self-check for "decide from evidence which toy model uses the site shortcut".
+SHORTCUT_CASES = (
+    # site_ci_low, auc_confounded, auc_independent, uses the shortcut?, what the case tests
+    (0.92, 0.95, 0.93, False, "the site is encoded but the AUC barely moves where site and group "
+                              "are independent: encoded, not relied on"),
+    (0.55, 0.90, 0.70, False, "the AUC drops, but the site cannot be read off the features (CI "
+                              "lower bound below 0.7): look for another confounder"),
+    (0.80, 0.90, 0.60, True, "site decodable and a large drop: a shortcut"),
+    (0.70, 0.90, 0.84, True, "the CI lower bound is exactly 0.7: the rule says 'at least 0.7'"),
+    (0.69, 0.85, 0.60, False, "the CI lower bound 0.69 is below 0.7"),
+)
 
-    ``answers`` maps each model in ``evidence`` to True (uses the shortcut) or False.
+
+def check_shortcut_rule(fn: Callable[[float, float, float], bool], evidence: pd.DataFrame) -> None:
+    """Self-check for "decide from the evidence whether a model uses the site shortcut".
+
+    ``fn(site_ci_low, auc_confounded, auc_independent)`` returns True (uses the shortcut) or
+    False; it is tried on the toy ``evidence`` and on boundary cases. The usual slips are to
+    flag on decodability alone or on the drop alone.
     """
-    verdicts = verdicts_from_evidence(evidence)
-    missing = sorted(set(verdicts) - set(answers))
-    assert not missing, f"give an answer (True/False) for every model; missing {missing}"
-    for name, v in verdicts.items():
-        ans = answers[name]
-        assert isinstance(ans, (bool, np.bool_)), f"answer for {name} must be True or False, got {ans!r}"
-        if bool(ans) != v.flagged:
-            hint = ("its features encode the site, but does its AUC fall when site stops "
-                    "predicting group?" if v.level == "site encoded, not relied on" else
-                    "look at both the site AUC (can site be read off its features?) and the "
-                    "change in AUC between the confounded and independent test sets")
-            raise AssertionError(f"{name}: not quite. {hint}")
-    print("Correct: " + "; ".join(f"{k}: {v.level}" for k, v in verdicts.items()))
+    checks.forbid_library(fn, _this_module(), SHORTCUT_LIBRARY, "the decision rule")
+    verdicts = {name: shortcut_verdict(r.site_auc, (r.site_ci_low, r.site_ci_high),
+                                       r.auc_confounded, r.auc_independent)
+                for name, r in evidence.iterrows()}
+    cases = [(float(r.site_ci_low), float(r.auc_confounded), float(r.auc_independent),
+              verdicts[name].flagged, f"the evidence on {name} reads '{verdicts[name].level}'")
+             for name, r in evidence.iterrows()]
+    for lo, conf, indep, want, why in [*cases, *SHORTCUT_CASES]:
+        got = checks.call_answer(fn, lo, conf, indep)
+        checks.require(type(got) in (bool, np.bool_),
+                       f"return True or False (a bool), got {type(got).__name__} {got!r}")
+        checks.require(bool(got) == want, (
+            f"site CI lower bound {lo:.2f}, AUC {conf:.2f} confounded vs {indep:.2f} independent: "
+            f"you said {bool(got)}, but {why}. A shortcut needs BOTH: the site is decodable AND the "
+            "model loses accuracy where the site stops predicting the group"))
+    checks.passed("Correct: your rule flags a model only when the site is decodable and the AUC "
+                  "drops where site and group are independent.")

@@ -241,20 +241,38 @@ VERDICTS = {
 """Readings of a saliency map for chapter 4's exercise; one is defensible."""
 
 
+def _signed_share(maps: np.ndarray, masks: np.ndarray) -> float:
+    """The share computed WITHOUT absolute values (a common slip), for the hint."""
+    maps = np.asarray(maps, dtype=np.float64)
+    inside = (maps * np.asarray(masks, bool)).reshape(len(maps), -1).sum(1)
+    total = maps.reshape(len(maps), -1).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.nanmean(inside / total))
+
+
 def check_saliency_reading(share_in_lungs: float, lung_area: float, verdict: str,
                            maps: np.ndarray, masks: np.ndarray) -> None:
-    """Self-check for "interpret a saliency map": the two numbers and the chosen reading."""
+    """Self-check for "interpret a saliency map": the two numbers (plain floats) and the chosen
+    reading (a plain ``str``, a key of :data:`VERDICTS`)."""
+    from cxrlab.checks import require_number, require_plain_str
+
+    share = require_number(share_in_lungs, "share_in_lungs")
+    area = require_number(lung_area, "lung_area")
     truth_share = float(region_fraction(maps, masks).mean())
     truth_area = float(np.asarray(masks, dtype=float).mean())
-    require(abs(float(lung_area) - truth_area) < 1e-3, (
-        f"lung_area = {lung_area:.3f}, expected {truth_area:.3f}: the mean of the boolean masks "
-        "(share of all pixels that are lung)"))
-    require(abs(float(share_in_lungs) - truth_share) < 1e-3, (
-        f"share_in_lungs = {share_in_lungs:.3f}, expected {truth_share:.3f}: use "
-        "saliency.region_fraction(maps, masks).mean() (attribution inside the lungs / total)"))
-    require(verdict in VERDICTS, f"verdict must be one of {sorted(VERDICTS)}, not {verdict!r}")
+    area_hint = (" That is a pixel COUNT; the share is the mean of the boolean masks."
+                 if area > 1 else " The share of all pixels that are lung: the mean of the boolean masks.")
+    require(abs(area - truth_area) < 1e-3, f"lung_area = {area:.3f}, expected {truth_area:.3f}.{area_hint}")
+    signed = _signed_share(maps, masks)
+    share_hint = (" Attributions can be negative: take their absolute value before summing "
+                  "(saliency.region_fraction does)." if abs(share - signed) < 1e-6 else
+                  " Use saliency.region_fraction(maps, masks).mean(): attribution inside the "
+                  "lungs over the total, per image, then the mean.")
+    require(abs(share - truth_share) < 1e-3,
+            f"share_in_lungs = {share:.3f}, expected {truth_share:.3f}.{share_hint}")
+    require_plain_str(verdict, "verdict", list(VERDICTS))
     ratio = truth_share / max(truth_area, 1e-9)
-    require(verdict == "sensitivity", (
+    require(str.__eq__(verdict, "sensitivity"), (
         f"reconsider {verdict!r}: the lungs hold {truth_share:.0%} of the attribution for "
         f"{truth_area:.0%} of the pixels (ratio {ratio:.1f}). Does *where* a gradient is large "
         "tell you *what* the model uses there? And what did the randomised-weights check show?"))

@@ -52,15 +52,35 @@ def predictor(trained_model: Any) -> Predictor:
     return predict_fn
 
 
-def prediction_html(classes: Sequence[str], proba: np.ndarray, caption: str = "") -> str:
-    """The probabilities as HTML text, e.g. ``A 0.712 · B 0.201 · C 0.087`` (most likely in bold)."""
+def prediction_html(classes: Sequence[str], proba: np.ndarray, caption: str = "",
+                    true_class: str | None = None) -> str:
+    """The probabilities as HTML text, e.g. ``A 0.712 · B 0.201 · C 0.087`` (most likely in bold),
+    and with ``true_class`` the truth and whether the most likely class is right."""
     best = int(np.argmax(proba))
     parts = []
     for i, (name, p) in enumerate(zip(classes, proba)):
         text = f"{html.escape(str(name))} {float(p):.3f}"
         parts.append(f"<b>{text}</b>" if i == best else text)
     lead = f"{html.escape(caption)}: " if caption else ""
-    return f"<span>{lead}predicted probabilities: {' · '.join(parts)}</span>"
+    truth = ""
+    if true_class is not None:
+        verdict = "right" if str(classes[best]) == str(true_class) else "wrong"
+        truth = f" (true: {html.escape(str(true_class))}; prediction {verdict})"
+    return f"<span>{lead}predicted probabilities: {' · '.join(parts)}{truth}</span>"
+
+
+def first_image_right_at(predict_fn: Predictor, images: np.ndarray, y_true: Sequence[int],
+                         degradation: str, levels: Sequence[float], limit: int = 64) -> int:
+    """Index of the first of ``images[:limit]`` that the model classifies right at every one of
+    ``levels`` of ``degradation`` (an explorer starting image whose prediction can then be
+    watched breaking); 0 if none is."""
+    spec = EXPLORER_OPTIONS[degradation]
+    x = _as_float_tensor(np.asarray(images[:limit])).detach().cpu().float()
+    right = np.ones(len(x), bool)
+    for level in levels:
+        proba = np.asarray(predict_fn(spec.make(level)(x.clone()).numpy()))
+        right &= proba.argmax(axis=1) == np.asarray(y_true[:limit])
+    return int(np.flatnonzero(right)[0]) if right.any() else 0
 
 
 def _slider_step(spec: SweepSpec) -> float:
@@ -93,7 +113,7 @@ def _palette() -> Sequence[str]:
 
 
 def render_panels(original: np.ndarray, degraded: np.ndarray, classes: Sequence[str], proba: np.ndarray,
-                  title: str = "") -> Figure:
+                  title: str = "", true_class: str | None = None) -> Figure:
     """Figure with the degraded image, its log spectrum and a bar chart of the probabilities."""
     palette = _palette()
     fig = Figure(figsize=(9.6, 3.0), dpi=80)
@@ -110,7 +130,7 @@ def render_panels(original: np.ndarray, degraded: np.ndarray, classes: Sequence[
     ax_bar.set_xticks(range(len(classes)))
     ax_bar.set_xticklabels([str(c) for c in classes])
     ax_bar.set_ylim(0, 1)
-    ax_bar.set_xlabel("class")
+    ax_bar.set_xlabel("class" if true_class is None else f"class (true: {true_class})")
     ax_bar.set_ylabel("predicted probability")
     ax_bar.set_title("model output", fontsize=9)
     fig.tight_layout()
@@ -134,15 +154,18 @@ class DegradationExplorer:
         degradation: the initially selected key of :data:`EXPLORER_OPTIONS`.
         level: initial slider value (default: the middle of the sweep).
         draw: render the figure (switch off in tests that only need the numbers).
+        true_class: the image's true class, shown beside the prediction (right or wrong).
     """
 
     def __init__(self, image: np.ndarray | torch.Tensor, predict_fn: Predictor, classes: Sequence[str],
-                 degradation: str = "high_pass", level: float | None = None, draw: bool = True) -> None:
+                 degradation: str = "high_pass", level: float | None = None, draw: bool = True,
+                 true_class: str | None = None) -> None:
         if degradation not in EXPLORER_OPTIONS:
             raise KeyError(f"unknown degradation {degradation!r}; choose one of {', '.join(EXPLORER_OPTIONS)}")
         t = _as_float_tensor(image).detach().cpu().float()
         self.image = t.reshape(-1, *t.shape[-2:])[:1]          # (1, H, W)
         self.predict_fn, self.classes, self.draw = predict_fn, list(classes), draw
+        self.true_class = true_class
         self.proba = np.zeros(len(self.classes))
         self.dropdown = widgets.Dropdown(options=[(s.label, k) for k, s in EXPLORER_OPTIONS.items()],
                                          value=degradation, description="degradation")
@@ -187,10 +210,10 @@ class DegradationExplorer:
         self.proba = np.asarray(self.predict_fn(degraded.numpy()), dtype=float).reshape(-1)
         caption = f"{spec.name} {spec.param}={level:g}"
         self.unit.value = f"<small>{html.escape(spec.unit)}</small>"
-        self.prediction.value = prediction_html(self.classes, self.proba, caption)
+        self.prediction.value = prediction_html(self.classes, self.proba, caption, self.true_class)
         if self.draw:
             fig = render_panels(self.image[0].numpy(), degraded[0].numpy(), self.classes, self.proba,
-                                title=caption)
+                                title=caption, true_class=self.true_class)
             self.figure.value = figure_png(fig)
 
     def _ipython_display_(self) -> None:

@@ -1,9 +1,12 @@
 """Chapter 3 widget: choose the test-set mix and watch AUC and per-group error rates move.
 
 The same trained model, the same test images, only the mix changes: how common each group is
-at each site and how common findings are. Sliders set the share of one group (the "focus"
-group) at every site and the finding prevalence; the test set is redrawn (with replacement,
-fixed seed) from the real test rows that match each (site, group, finding) cell.
+at each site and how common findings are. It starts on the **real test set** (every test image,
+its own mix). Moving a slider redraws a subset of the real test rows, **without replacement**,
+with the requested share of one group (the "focus" group) at every site and the requested
+finding prevalence: the subset is as large as the scarcest (site, group, finding) cell allows,
+and the widget says which cell that was and how many images it drew. Every AUC and error rate
+comes with a 95% patient-bootstrap interval.
 
 The callback is a plain function, :func:`mix_metrics` on :func:`mix_test_set`, and the widget's
 ``update`` is what the sliders' observers call, so tests set ``slider.value`` and read
@@ -15,11 +18,16 @@ The callback is a plain function, :func:`mix_metrics` on :func:`mix_test_set`, a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from cxrlab import metrics
 from cxrlab.probes import binary_auc, encode_target, macro_ovr_auc
+
+GROUP_LABEL = "group (synthetic stand-in)"
+"""The x-axis of the widget's bars; a real source passes ``group_label="self-reported race"``."""
 
 
 def _any_finding(test: pd.DataFrame, finding_col: str) -> np.ndarray:
@@ -28,110 +36,207 @@ def _any_finding(test: pd.DataFrame, finding_col: str) -> np.ndarray:
     return ~values if finding_col == "no_finding" else values
 
 
-def mix_test_set(test: pd.DataFrame, site_shares: Mapping[str, float], focus_group: str,
-                 prevalence: float | None = None, n: int = 600, group_col: str = "race",
-                 site_col: str = "site", finding_col: str = "no_finding", seed: int = 0
-                 ) -> np.ndarray:
-    """Positions (into ``test``) of a redrawn test set with the requested mix.
+@dataclass
+class MixDraw:
+    """A redrawn test set: ``positions`` into the test table and how it was limited."""
 
-    Each site in ``site_shares`` gets ``n / len(site_shares)`` images; ``site_shares[site]`` of
-    them from ``focus_group`` and the rest split equally between the other groups. Within each
-    (site, group) cell a ``prevalence`` share has a finding (``None`` keeps the cell's own
-    prevalence). Images are drawn with replacement from the matching test rows; a cell with no
-    matching rows is left out.
+    positions: np.ndarray
+    natural: bool = False
+    limiting_cell: str | None = None
+    empty_cells: list[str] = field(default_factory=list)
+    n_test: int = 0
 
-    >>> t = pd.DataFrame({"race": list("AABB"), "site": ["s1"] * 4, "no_finding": [True, False] * 2})
-    >>> pos = mix_test_set(t, {"s1": 0.5}, "A", prevalence=0.5, n=8)
-    >>> sorted(t["race"].to_numpy()[pos].tolist())
-    ['A', 'A', 'A', 'A', 'B', 'B', 'B', 'B']
+    def note(self) -> str:
+        """One sentence for the widget: what was drawn and what limited it."""
+        n = len(self.positions)
+        if self.natural:
+            return f"the real test set: all {n} test images, each once"
+        text = (f"{n} of the {self.n_test} test images, drawn without replacement (no image twice)"
+                + (f"; the scarcest cell, {self.limiting_cell}, limits the size" if self.limiting_cell else ""))
+        if self.empty_cells:
+            text += f"; no test image for {', '.join(self.empty_cells)}: left out"
+        return text
+
+
+def _cell_fractions(site_shares: Mapping[str, float], focus_group: str, others: Sequence[str],
+                    prevalence: float | None) -> dict[tuple[str, str, bool | None], float]:
+    """Requested share of the redrawn set per (site, group, finding) cell (finding None: any)."""
+    out: dict[tuple[str, str, bool | None], float] = {}
+    for s, share in site_shares.items():
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share for site {s!r} must lie in [0, 1], got {share}")
+        per_group = {focus_group: share, **{g: (1 - share) / len(others) for g in others}}
+        for g, frac in per_group.items():
+            base = frac / len(site_shares)
+            if prevalence is None:
+                out[(str(s), g, None)] = base
+            else:
+                out[(str(s), g, True)] = base * prevalence
+                out[(str(s), g, False)] = base * (1 - prevalence)
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def _cell_name(key: tuple[str, str, bool | None]) -> str:
+    s, g, f = key
+    return f"{s} x {g}" + ("" if f is None else (" with a finding" if f else " without"))
+
+
+def _largest_remainder(ideal: Mapping, caps: Mapping, total: int) -> dict:
+    """Whole counts close to ``ideal`` summing to ``total`` (at most ``caps`` each)."""
+    counts = {k: min(int(np.floor(v + 1e-9)), caps[k]) for k, v in ideal.items()}
+    for k in sorted(ideal, key=lambda k: counts[k] - ideal[k]):
+        if sum(counts.values()) >= total:
+            break
+        if counts[k] < caps[k]:
+            counts[k] += 1
+    return counts
+
+
+def mix_test_set(test: pd.DataFrame, site_shares: Mapping[str, float] | None, focus_group: str,
+                 prevalence: float | None = None, n: int | None = None, group_col: str = "race",
+                 site_col: str = "site", finding_col: str = "no_finding", seed: int = 0) -> MixDraw:
+    """A subset of the real test rows with the requested mix, drawn without replacement.
+
+    ``site_shares=None`` is the real test set (every row once). Otherwise each site in
+    ``site_shares`` contributes equally; ``site_shares[site]`` of its rows come from
+    ``focus_group`` and the rest equally from the other groups; within each (site, group) cell a
+    ``prevalence`` share has a finding (``None`` keeps the cell's own mix). The subset is the
+    largest (at most ``n``, default all) that the scarcest cell allows; a cell with no test row
+    at all is left out and named in the result.
+
+    >>> t = pd.DataFrame({"race": list("AABBAABB"), "site": ["s1"] * 8, "no_finding": [True, False] * 4})
+    >>> d = mix_test_set(t, {"s1": 0.5}, "A", prevalence=0.5)
+    >>> sorted(t["race"].to_numpy()[d.positions].tolist()), len(set(d.positions))
+    (['A', 'A', 'A', 'A', 'B', 'B', 'B', 'B'], 8)
     """
-    rng = np.random.default_rng(seed)
     groups = sorted(test[group_col].dropna().astype(str).unique())
     if focus_group not in groups:
         raise ValueError(f"focus group {focus_group!r} is not in the test set (groups: {groups})")
+    if site_shares is None:
+        return MixDraw(np.arange(len(test)), natural=True, n_test=len(test))
     others = [g for g in groups if g != focus_group]
     group = test[group_col].astype(str).to_numpy()
     site = test[site_col].astype(str).to_numpy()
     finding = _any_finding(test, finding_col)
-    per_site = n // max(len(site_shares), 1)
-    picks: list[np.ndarray] = []
-    for s, share in site_shares.items():
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"share for site {s!r} must lie in [0, 1], got {share}")
-        n_focus = int(round(share * per_site))
-        counts = {focus_group: n_focus}
-        rest = per_site - n_focus
-        for i, g in enumerate(others):
-            counts[g] = rest // len(others) + (1 if i < rest % len(others) else 0)
-        for g, k in counts.items():
-            picks.append(_draw_cell((site == str(s)) & (group == g), finding, k, prevalence, rng))
-    return np.concatenate(picks) if picks else np.zeros(0, int)
+    fractions = _cell_fractions(site_shares, focus_group, others, prevalence)
+    pools = {k: np.flatnonzero((site == k[0]) & (group == k[1])
+                               & (True if k[2] is None else finding == k[2])) for k in fractions}
+    empty = [_cell_name(k) for k, pool in pools.items() if len(pool) == 0]
+    usable = {k: f for k, f in fractions.items() if len(pools[k])}
+    if not usable:
+        return MixDraw(np.zeros(0, int), empty_cells=empty, n_test=len(test))
+    total = sum(usable.values())
+    capacity = {k: len(pools[k]) / (f / total) for k, f in usable.items()}
+    limit = min(capacity, key=capacity.get)
+    size = min(capacity[limit], float(n) if n is not None else float(len(test)))
+    rng = np.random.default_rng(seed)
+    counts = _largest_remainder({k: f / total * size for k, f in usable.items()},
+                                {k: len(pools[k]) for k in usable}, int(np.floor(size + 1e-9)))
+    picks = [rng.choice(pools[k], size=counts[k], replace=False) for k in usable]
+    return MixDraw(np.sort(np.concatenate(picks)).astype(int),
+                   limiting_cell=_cell_name(limit) if capacity[limit] <= size + 1e-9 else None,
+                   empty_cells=empty, n_test=len(test))
 
 
-def _draw_cell(cell: np.ndarray, finding: np.ndarray, k: int, prevalence: float | None,
-               rng: np.random.Generator) -> np.ndarray:
-    """Draw ``k`` positions from ``cell`` with the requested finding prevalence (with replacement)."""
-    pool = np.flatnonzero(cell)
-    if k <= 0 or len(pool) == 0:
-        return np.zeros(0, int)
-    if prevalence is None:
-        return rng.choice(pool, size=k, replace=True)
-    n_pos = int(round(prevalence * k))
-    pos_pool, neg_pool = pool[finding[pool]], pool[~finding[pool]]
-    parts = []
-    for sub, m in ((pos_pool, n_pos), (neg_pool, k - n_pos)):
-        source = sub if len(sub) else pool
-        parts.append(rng.choice(source, size=m, replace=True))
-    return np.concatenate(parts)
+def _rate_ci(wrong: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """95% bootstrap interval of a mean of 0/1 ``wrong`` under ``(B, n)`` resample weights."""
+    if not len(wrong) or not len(weights):
+        return float("nan"), float("nan")
+    totals = weights.sum(axis=1)
+    usable = totals > 0
+    rates = (weights[usable] * wrong).sum(axis=1) / totals[usable]
+    if not len(rates):
+        return float("nan"), float("nan")
+    low, high = np.percentile(rates, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _auc_ci(y: np.ndarray, score: np.ndarray, patients: np.ndarray | None, n_boot: int,
+            seed: int) -> tuple[float, float, float]:
+    if len(np.unique(y)) < 2:
+        return float("nan"), float("nan"), float("nan")
+    ci = metrics.binary_auc_ci(y.astype(int), score, patients, n_boot, seed)
+    return binary_auc(y, score), ci.low, ci.high
 
 
 def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
                 positions: np.ndarray, target: str = "race",
-                finding_col: str = "no_finding") -> pd.DataFrame:
-    """Per-group metrics of a model on the rows at ``positions``.
+                finding_col: str = "no_finding", n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Per-group metrics of a model on the rows at ``positions``, with 95% intervals.
 
-    Columns: ``n``, ``share`` of the redrawn set, ``finding_prevalence``, one-vs-rest ``auc``,
-    ``error_rate`` (images of the group given another group: 1 - recall at the arg-max) and
-    ``wrongly_assigned`` (images of other groups given this one: the false-positive rate).
-    The last row, ``all``, holds the macro AUC and the overall error rate.
+    Columns: ``n``, ``share`` of the redrawn set, ``finding_prevalence``, one-vs-rest ``auc``
+    (``auc_low``, ``auc_high``), ``error_rate`` (images of the group given another group:
+    1 - recall at the arg-max; ``error_low``, ``error_high``) and ``wrongly_assigned`` (images
+    of other groups given this one). The last row, ``all``, holds the macro AUC and the overall
+    error rate. Intervals resample patients (``patient_id``; images if the column is absent).
+    An AUC needs the group and at least one other group in the set: otherwise it is NaN.
     """
+    positions = np.asarray(positions, dtype=int)
     y = encode_target(test[target].to_numpy()[positions], classes)
     p = np.asarray(proba, dtype=float)[positions]
     finding = _any_finding(test, finding_col)[positions]
+    patients = (test["patient_id"].astype(str).to_numpy()[positions]
+                if "patient_id" in test else None)
+    weights = metrics.bootstrap_weights(patients, len(y), n_boot, seed)
     pred = p.argmax(1) if len(p) else np.zeros(0, int)
+    valid = y >= 0
     rows = []
     for k, c in enumerate(classes):
-        mine, others = y == k, (y >= 0) & (y != k)
+        mine, others = y == k, valid & (y != k)
+        auc, auc_low, auc_high = _auc_ci(mine[valid], p[valid, k], None if patients is None
+                                         else patients[valid], n_boot, seed)
+        wrong = (pred[mine] != k).astype(float)
+        err_low, err_high = _rate_ci(wrong, weights[:, mine])
         rows.append({
             "group": str(c), "n": int(mine.sum()),
             "share": float(mine.mean()) if len(y) else float("nan"),
             "finding_prevalence": float(finding[mine].mean()) if mine.any() else float("nan"),
-            "auc": binary_auc(mine, p[:, k]) if len(y) else float("nan"),
-            "error_rate": float((pred[mine] != k).mean()) if mine.any() else float("nan"),
+            "auc": auc, "auc_low": auc_low, "auc_high": auc_high,
+            "error_rate": float(wrong.mean()) if mine.any() else float("nan"),
+            "error_low": err_low, "error_high": err_high,
             "wrongly_assigned": float((pred[others] == k).mean()) if others.any() else float("nan"),
         })
-    valid = y >= 0
+    two_groups = len(np.unique(y[valid])) >= 2
+    macro = (metrics.macro_auc_ci(y[valid], p[valid], groups=None if patients is None else patients[valid],
+                                  n_boot=n_boot, seed=seed) if two_groups else None)
+    wrong_all = (pred[valid] != y[valid]).astype(float)
+    err_low, err_high = _rate_ci(wrong_all, weights[:, valid])
     rows.append({"group": "all", "n": int(valid.sum()), "share": 1.0,
                  "finding_prevalence": float(finding[valid].mean()) if valid.any() else float("nan"),
-                 "auc": macro_ovr_auc(y[valid], p[valid]) if valid.any() else float("nan"),
-                 "error_rate": float((pred[valid] != y[valid]).mean()) if valid.any() else float("nan"),
-                 "wrongly_assigned": float("nan")})
+                 "auc": macro_ovr_auc(y[valid], p[valid]) if two_groups else float("nan"),
+                 "auc_low": macro.low if macro else float("nan"),
+                 "auc_high": macro.high if macro else float("nan"),
+                 "error_rate": float(wrong_all.mean()) if valid.any() else float("nan"),
+                 "error_low": err_low, "error_high": err_high, "wrongly_assigned": float("nan")})
     return pd.DataFrame(rows).set_index("group")
+
+
+def undefined_note(table: pd.DataFrame) -> str:
+    """A sentence naming the groups whose AUC is undefined in ``table`` ("" if none)."""
+    missing = [g for g in table.index if g != "all" and not np.isfinite(table.loc[g, "auc"])]
+    if not missing:
+        return ""
+    present = [g for g in table.index if g != "all" and table.loc[g, "n"] > 0]
+    why = (f"the set holds group {present[0]} only, so no one-vs-rest AUC can be computed"
+           if len(present) == 1 else "a one-vs-rest AUC needs images of the group and of the others")
+    return f"AUC n/a for {', '.join(missing)}: {why}."
 
 
 class MixWidget:
     """Sliders for the test-set mix; ``table`` holds the metrics for the current setting.
 
     ``sliders`` maps each site to its focus-group share slider; ``prevalence`` is the finding
-    prevalence slider. Every change calls :meth:`update`, which redraws the test set, recomputes
-    :func:`mix_metrics` and redraws the figure (``figure``, an ``ipywidgets.Image``, so
-    nothing is captured in an ``Output``) and the table (``summary``).
+    prevalence slider; ``reset`` returns to the real test set. It starts on the real test set
+    (``draw_info.natural``). Every slider change calls :meth:`update`, which redraws a subset
+    without replacement (:func:`mix_test_set`), recomputes :func:`mix_metrics` with intervals
+    and refreshes the figure (``figure``, an ``ipywidgets.Image``) and the table and note
+    (``summary``).
     """
 
     def __init__(self, test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
-                 focus_group: str | None = None, n: int = 600, target: str = "race",
+                 focus_group: str | None = None, n: int | None = None, target: str = "race",
                  site_col: str = "site", finding_col: str = "no_finding", seed: int = 0,
-                 draw: bool = True) -> None:
+                 draw: bool = True, n_boot: int = 200, group_label: str = GROUP_LABEL) -> None:
         import ipywidgets as W
 
         if len(test) != len(proba):
@@ -140,50 +245,77 @@ class MixWidget:
         self.proba, self.classes = np.asarray(proba), [str(c) for c in classes]
         self.focus = focus_group or self.classes[0]
         self.n, self.target, self.site_col, self.finding_col = n, target, site_col, finding_col
-        self.seed, self.draw = seed, draw
+        self.seed, self.draw, self.n_boot, self.group_label = seed, draw, n_boot, group_label
         sites = sorted(self.test[site_col].dropna().astype(str).unique())
         natural = self.test.groupby(site_col)[target].apply(
             lambda s: float((s.astype(str) == self.focus).mean()))
-        self.sliders = {s: W.FloatSlider(value=round(natural.get(s, 0.5), 2), min=0.0, max=1.0,
+        self.natural_values = {s: round(float(natural.get(s, 0.5)), 2) for s in sites}
+        self.sliders = {s: W.FloatSlider(value=self.natural_values[s], min=0.0, max=1.0,
                                          step=0.05, description=f"{s}: {self.focus}",
                                          continuous_update=False) for s in sites}
-        base_prev = float(_any_finding(self.test, finding_col).mean())
-        self.prevalence = W.FloatSlider(value=round(base_prev, 2), min=0.0, max=1.0, step=0.05,
+        self.natural_prevalence = round(float(_any_finding(self.test, finding_col).mean()), 2)
+        self.prevalence = W.FloatSlider(value=self.natural_prevalence, min=0.0, max=1.0, step=0.05,
                                         description="findings", continuous_update=False)
+        self.reset = W.Button(description="real test mix")
         self.figure = W.Image(format="png")
         self.summary = W.HTML()
+        self.natural = True
         for w in [*self.sliders.values(), self.prevalence]:
             w.observe(self.update, names="value")
+        self.reset.on_click(self.show_natural)
         controls = W.VBox([W.HTML(f"<b>Share of group {self.focus} at each site</b>"),
                            *self.sliders.values(), W.HTML("<b>Finding prevalence</b>"),
-                           self.prevalence])
+                           self.prevalence, self.reset])
         self.widget = W.HBox([controls, W.VBox([self.figure, self.summary])])
         self.table = pd.DataFrame()
-        self.update()
+        self.draw_info = MixDraw(np.zeros(0, int))
+        self._recompute()
 
     def settings(self) -> dict[str, float]:
         """Current slider values: ``{site: share, ..., "prevalence": p}``."""
         return {**{s: float(w.value) for s, w in self.sliders.items()},
                 "prevalence": float(self.prevalence.value)}
 
+    def show_natural(self, _button: object = None) -> pd.DataFrame:
+        """Back to the real test set; the sliders show its own shares."""
+        for s, w in self.sliders.items():
+            w.unobserve(self.update, names="value")
+            w.value = self.natural_values[s]
+            w.observe(self.update, names="value")
+        self.prevalence.unobserve(self.update, names="value")
+        self.prevalence.value = self.natural_prevalence
+        self.prevalence.observe(self.update, names="value")
+        self.natural = True
+        return self._recompute()
+
     def update(self, change: object = None) -> pd.DataFrame:
-        """Redraw the test set for the current sliders and recompute the metrics."""
-        shares = {s: float(w.value) for s, w in self.sliders.items()}
-        positions = mix_test_set(self.test, shares, self.focus, float(self.prevalence.value),
-                                 self.n, self.target, self.site_col, self.finding_col, self.seed)
-        self.table = mix_metrics(self.test, self.proba, self.classes, positions, self.target,
-                                 self.finding_col)
+        """A slider moved: redraw the test set for the current sliders, recompute the metrics."""
+        self.natural = False
+        return self._recompute()
+
+    def _recompute(self) -> pd.DataFrame:
+        shares = None if self.natural else {s: float(w.value) for s, w in self.sliders.items()}
+        self.draw_info = mix_test_set(self.test, shares, self.focus, float(self.prevalence.value),
+                                      self.n, self.target, self.site_col, self.finding_col, self.seed)
+        self.table = mix_metrics(self.test, self.proba, self.classes, self.draw_info.positions,
+                                 self.target, self.finding_col, self.n_boot, self.seed)
         if self.draw:
             self._render()
         return self.table
 
+    def note(self) -> str:
+        """What the current table was computed on, and any undefined AUC."""
+        return " ".join(t for t in (self.draw_info.note().capitalize() + ".",
+                                    undefined_note(self.table)) if t)
+
     def _render(self) -> None:
-        self.figure.value = render_png(self.table)
-        self.summary.value = self.table.round(3).to_html(na_rep="n/a")
+        self.figure.value = render_png(self.table, group_label=self.group_label)
+        self.summary.value = (f"<p>{self.note()}</p>"
+                              + self.table.round(3).to_html(na_rep="n/a"))
 
 
-def render_png(table: pd.DataFrame, dpi: int = 80) -> bytes:
-    """Bar charts of AUC and error rate per group as PNG bytes (for an ``ipywidgets.Image``)."""
+def render_png(table: pd.DataFrame, dpi: int = 80, group_label: str = GROUP_LABEL) -> bytes:
+    """Bar charts of AUC and error rate per group with 95% intervals, as PNG bytes."""
     import io
 
     import matplotlib.pyplot as plt
@@ -195,13 +327,20 @@ def render_png(table: pd.DataFrame, dpi: int = 80) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
     try:
         bar_colours = [colours[i % len(colours)] for i in range(len(t))]
-        axes[0].bar(t.index, t["auc"].fillna(0), color=bar_colours)
+        for ax, col, low, high, ylabel, title in (
+                (axes[0], "auc", "auc_low", "auc_high", "one-vs-rest AUC (95% CI)", "AUC per group"),
+                (axes[1], "error_rate", "error_low", "error_high", "error rate (95% CI)",
+                 "misclassified, per group")):
+            values = t[col].to_numpy(float)
+            err = np.nan_to_num(np.vstack([values - t[low].to_numpy(float),
+                                           t[high].to_numpy(float) - values]))
+            ax.bar(t.index, np.nan_to_num(values), yerr=np.clip(err, 0, None), capsize=3,
+                   color=bar_colours)
+            for i, v in enumerate(values):
+                if not np.isfinite(v):
+                    ax.text(i, 0.05, "n/a", ha="center")
+            ax.set(ylim=(0.0, 1.0), ylabel=ylabel, title=title, xlabel=group_label)
         axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
-        axes[0].set(ylim=(0.0, 1.0), ylabel="one-vs-rest AUC", title="AUC per group")
-        axes[1].bar(t.index, t["error_rate"].fillna(0), color=bar_colours)
-        axes[1].set(ylim=(0, 1), ylabel="error rate", title="misclassified, per group")
-        for ax in axes:
-            ax.set_xlabel("group")
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)

@@ -35,9 +35,10 @@ from matplotlib.figure import Figure
 from cxrlab.fairness import OperatingPoint, operating_point
 
 MODES = (("one global threshold", "global"), ("per-group thresholds", "per_group"))
+GROUP_LABEL = "group (synthetic stand-in)"   # the x-axis; real sources pass "self-reported race"
 
 
-def draw_operating_point(point: OperatingPoint, ax: Any = None) -> Any:
+def draw_operating_point(point: OperatingPoint, ax: Any = None, group_label: str = GROUP_LABEL) -> Any:
     """Grouped bars of underdiagnosis and overdiagnosis per group, target as a dashed line.
 
     Returns the axes (a new figure's when ``ax`` is None).
@@ -57,7 +58,7 @@ def draw_operating_point(point: OperatingPoint, ax: Any = None) -> Any:
     ax.set_xticks(x)
     ax.set_xticklabels([str(k) for k in table.index])
     ax.set_ylim(0, 1)
-    ax.set_xlabel("group")
+    ax.set_xlabel(group_label)
     ax.set_ylabel("rate")
     mode = dict((v, k) for k, v in MODES)[point.mode]
     ax.set_title(f"{mode}: accuracy {point.accuracy:.3f}")
@@ -65,9 +66,9 @@ def draw_operating_point(point: OperatingPoint, ax: Any = None) -> Any:
     return ax
 
 
-def render_png(point: OperatingPoint, dpi: int = 80) -> bytes:
+def render_png(point: OperatingPoint, dpi: int = 80, group_label: str = GROUP_LABEL) -> bytes:
     """The operating-point figure as PNG bytes (for an ``ipywidgets.Image``)."""
-    ax = draw_operating_point(point)
+    ax = draw_operating_point(point, group_label=group_label)
     fig = ax.figure
     fig.tight_layout()
     buf = io.BytesIO()
@@ -93,14 +94,17 @@ class ThresholdExplorer:
     """Slider (target underdiagnosis rate) + toggle (global / per-group) + figure + summary.
 
     ``no_finding_true`` is the label to audit against, ``proba`` the model's "No Finding"
-    score, ``groups`` one group label per row. Display it by putting it last in a cell (or
+    score, ``groups`` one group label per row; ``fit`` (labels, scores, groups) are the rows
+    the thresholds are chosen on (default: the audited rows themselves). Display it by putting it last in a cell (or
     ``display(explorer.widget)``). ``explorer.point`` is the current :class:`OperatingPoint`.
     """
 
     def __init__(self, no_finding_true: Any, proba: Any, groups: Any, target_fpr: float = 0.2,
-                 mode: str = "global", draw: bool = True) -> None:
+                 mode: str = "global", draw: bool = True, fit: tuple[Any, Any, Any] | None = None,
+                 group_label: str = GROUP_LABEL) -> None:
         self._data = (np.asarray(no_finding_true, dtype=bool), np.asarray(proba, dtype=float),
                       np.asarray(groups, dtype=object))
+        self._fit, self._group_label = fit, group_label
         self._draw = draw
         self.slider = widgets.FloatSlider(
             value=target_fpr, min=0.01, max=0.6, step=0.01, continuous_update=False,
@@ -122,10 +126,10 @@ class ThresholdExplorer:
     def update(self) -> OperatingPoint:
         """Recompute the operating point from the controls and refresh summary and figure."""
         y, s, g = self._data
-        self.point = operating_point(y, s, g, float(self.slider.value), self.toggle.value)
+        self.point = operating_point(y, s, g, float(self.slider.value), self.toggle.value, self._fit)
         self.summary.value = summary_html(self.point)
         if self._draw:
-            self.figure.value = render_png(self.point)
+            self.figure.value = render_png(self.point, group_label=self._group_label)
         return self.point
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -133,6 +137,10 @@ class ThresholdExplorer:
 
 
 def threshold_widget(no_finding_true: Any, proba: Any, groups: Any, target_fpr: float = 0.2,
-                     mode: str = "global") -> ThresholdExplorer:
-    """Build the chapter's threshold explorer (see :class:`ThresholdExplorer`)."""
-    return ThresholdExplorer(no_finding_true, proba, groups, target_fpr, mode)
+                     mode: str = "global", fit: tuple[Any, Any, Any] | None = None,
+                     group_label: str = GROUP_LABEL) -> ThresholdExplorer:
+    """Build the chapter's threshold explorer (see :class:`ThresholdExplorer`); ``fit`` =
+    ``(labels, scores, groups)`` of the rows the thresholds are chosen on (the validation
+    split with recorded labels), measured on the rows given first."""
+    return ThresholdExplorer(no_finding_true, proba, groups, target_fpr, mode, fit=fit,
+                             group_label=group_label)
