@@ -421,33 +421,13 @@ def test_ch5_ex2_copying_the_widgets_maximum_fails():
 
 
 # --------------------------------------------------------------------------- claims in chapters 3-5
-def _claim_sentences(nb: dict) -> list[str]:
-    """The sentences of the ``# claim:`` cells: each ``assert`` quotes the text it checks."""
-    import ast
-
-    out = []
-    for c in nb["cells"]:
-        source = "".join(c["source"])
-        if c["cell_type"] == "code" and source.startswith("# claim:"):
-            asserts = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Assert)]
-            assert asserts, source[:80]
-            for node in asserts:
-                assert isinstance(node.msg, ast.Constant), f"claim without its sentence: {source[:80]}"
-                out.append(node.msg.value)
-    return out
-
-
 @pytest.mark.parametrize("chapter", sorted(NOTEBOOKS))
-def test_every_claim_quotes_its_notebooks_text(chapter):
-    import re
+def test_chapters_3_to_5_check_their_claims(chapter):
+    """Each chapter states its comparisons through ``checks.claim`` (quoted verbatim: see
+    ``tests/test_checks.py::test_every_claim_quotes_its_notebook``)."""
+    from tests.test_checks import notebook_claims
 
-    nb = json.loads((ROOT / NOTEBOOKS[chapter]).read_text())
-    norm = lambda t: re.sub(r"\s+", " ", t.replace("*", "").replace("`", ""))  # noqa: E731
-    text = norm(" ".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"))
-    sentences = _claim_sentences(nb)
-    assert len(sentences) >= 5
-    for sentence in sentences:
-        assert norm(sentence) in text, f"{chapter}: the claim {sentence!r} is not in the notebook's text"
+    assert len(notebook_claims(ROOT / NOTEBOOKS[chapter])) >= 5
 
 
 def test_an_untouched_exercise_says_answer_it_first():
