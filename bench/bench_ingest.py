@@ -5,7 +5,7 @@
    in the main process (``workers=0``) and with 1 and 2 worker processes. "per core" divides
    by the workers; "CPU ms/img" is the CPU time the decoding processes spent per image, which
    a busy shared machine inflates less than the wall clock.
-2. ``cxrlab.cache.load_image_cache``: peak resident memory (VmHWM) of a fresh process that
+2. ``cxrlab.core.cache.load_image_cache``: peak resident memory (VmHWM) of a fresh process that
    builds a cache of ``--cache-images`` images at 320 px (20,000 by default: 2 GB written
    under ``--workdir``, deleted afterwards).
 
@@ -94,7 +94,7 @@ def bench_ingest(workdir: Path, n_png: int, n_jpeg: int) -> list[dict]:
 BUILD_SNIPPET = r"""
 import json, sys, time
 import pandas as pd
-from cxrlab.cache import load_image_cache
+from cxrlab.core.cache import load_image_cache
 manifest = pd.read_csv(sys.argv[1])
 start = time.perf_counter()
 images = load_image_cache(manifest, int(sys.argv[2]), sys.argv[3], progress=False)
@@ -146,7 +146,7 @@ if how == "memmap":                     # the builder before: fill a writable me
         array[start:start + 128] = chunk[:min(128, n - start)]
     array.flush()
     del array
-else:                                   # cxrlab.cache now: header, then sequential writes
+else:                                   # cxrlab.core.cache now: header, then sequential writes
     with open(path, "wb") as out:
         np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False,
                                                    "shape": (n, size, size)})

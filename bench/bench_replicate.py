@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cxrlab.core.replicate import Precision, train_step
-from cxrlab.models import build_model
+from cxrlab.core.models import build_model
 
 
 def activation_bytes_per_image(model: nn.Module, size: int) -> int:

@@ -3,13 +3,13 @@
 Two measurements (issue 5):
 
 1. One training epoch of the demo small CNN over the same images, read (a) from the
-   memory-mapped uint8 cache (:func:`cxrlab.cache.load_image_cache`, what the course uses) and
-   (b) by decoding each PNG again in ``__getitem__`` (:func:`cxrlab.cache.decode_image`), which
+   memory-mapped uint8 cache (:func:`cxrlab.core.cache.load_image_cache`, what the course uses) and
+   (b) by decoding each PNG again in ``__getitem__`` (:func:`cxrlab.core.cache.decode_image`), which
    is what a loader without the cache does every epoch. Target: the cache at least 2x faster at
    64 px.
 2. Training throughput (forward + backward + optimiser step, images/s, after warm-up batches)
-   and prediction throughput (:func:`cxrlab.train.predict`) of every model in
-   :mod:`cxrlab.models` at 64, 128 and 224 px on this machine's CPU threads.
+   and prediction throughput (:func:`cxrlab.core.train.predict`) of every model in
+   :mod:`cxrlab.core.models` at 64, 128 and 224 px on this machine's CPU threads.
 
 Run: ``.venv/bin/python bench/bench_training.py`` (about 5 minutes on 2 cores). The synthetic
 images are generated into a temporary folder first and deleted afterwards.
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxrlab.cache import decode_image, load_image_cache
-from cxrlab.datasets import CXRDataset, default_augmentation
-from cxrlab.models import build_model
+from cxrlab.core.cache import decode_image, load_image_cache
+from cxrlab.core.datasets import CXRDataset, default_augmentation
+from cxrlab.core.models import build_model
 from data_fetch.manifest import read_manifest
 from data_fetch.synthetic import SyntheticConfig, generate_cohort
 
@@ -98,9 +98,9 @@ def training_images_per_second(name: str, size: int, batch_size: int = 32, batch
 
 
 def inference_images_per_second(name: str, size: int, images: int = 256) -> float:
-    """:func:`cxrlab.train.predict` throughput of ``name`` at ``size`` px (batches by the pixel
-    budget, :data:`cxrlab.models.INFERENCE_PIXELS`), after one warm-up call."""
-    from cxrlab.train import predict
+    """:func:`cxrlab.core.train.predict` throughput of ``name`` at ``size`` px (batches by the pixel
+    budget, :data:`cxrlab.core.models.INFERENCE_PIXELS`), after one warm-up call."""
+    from cxrlab.core.train import predict
 
     torch.manual_seed(0)
     model = build_model(name, 3)

@@ -14,7 +14,7 @@ Three wings (docs/ARCHITECTURE.md):
 - :mod:`cxrlab.coursetools`: running, authoring and grading the course (runner, authoring,
   grading, prebuild, envcheck).
 
-Modules that used to live at the top (``cxrlab.metrics``, ``cxrlab.course``, ...) are still
+Modules that used to live at the top (``cxrlab.core.metrics``, ``cxrlab.coursetools.runner``, ...) are still
 importable under their old names (see :mod:`cxrlab._moved`).
 """
 from __future__ import annotations

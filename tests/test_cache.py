@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlab import cache
+from cxrlab.core import cache
 
 
 def _manifest(folder, n=6, size=40, mode="L"):

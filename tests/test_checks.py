@@ -1,4 +1,4 @@
-"""Learner self-checks (cxrlab.checks): each rejects the likely wrong answers with a helpful
+"""Learner self-checks (cxrlab.toolbox.checks): each rejects the likely wrong answers with a helpful
 message, and every notebook claim quotes a sentence its notebook still says."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from scipy.stats import rankdata
 
-from cxrlab import checks, metrics
+from cxrlab.toolbox import checks
+from cxrlab.core import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

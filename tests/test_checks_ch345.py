@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlab import checks, degrade, fairness, probes, saliency
+from cxrlab.toolbox import checks, degrade, fairness, probes, saliency
 
 ROOT = Path(__file__).resolve().parents[1] / "solutions"
 NOTEBOOKS = {"ch03": "ch03_confounders.ipynb", "ch04": "ch04_degradations.ipynb",
@@ -73,7 +73,7 @@ def test_require_plain_str_rejects_a_str_subclass():
 
 
 def test_forbid_library_sees_attributes_aliases_and_nested_functions():
-    from cxrlab.probes import stratified_auc as renamed
+    from cxrlab.toolbox.probes import stratified_auc as renamed
 
     def by_attribute(y, s, st):
         return probes.stratified_auc(y, s, st, ["n", "p"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrlab import degrade as D
+from cxrlab.toolbox import degrade as D
 
 
 def sinusoid(size: int, cycles: int, axis: int = 1, amplitude: float = 0.25) -> np.ndarray:

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from cxrlab import envcheck
+from cxrlab.coursetools import envcheck
 
 
 @pytest.fixture(autouse=True)

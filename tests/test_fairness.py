@@ -1,4 +1,4 @@
-"""Unit tests for cxrlab.fairness: hand-computed confusion matrices, fairlearn agreement,
+"""Unit tests for cxrlab.toolbox.fairness: hand-computed confusion matrices, fairlearn agreement,
 thresholds, intersections, bootstrap intervals and the learner self-checks."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from fairlearn.metrics import MetricFrame, false_negative_rate, false_positive_rate
 
-from cxrlab import fairness as F
+from cxrlab.toolbox import fairness as F
 
 # A hand-made audit: 10 images, 8 patients, groups A and B.
 #   no_finding_true: True = healthy.  pred: True = model says healthy.

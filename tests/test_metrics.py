@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrlab import metrics
+from cxrlab.core import metrics
 
 
 def test_perfect_ranking_gives_one_with_degenerate_ci():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrlab import models
+from cxrlab.core import models
 
 
 @pytest.mark.parametrize("name", ["smallcnn", "resnet18", "resnet34", "densenet121"])

@@ -11,8 +11,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from cxrlab import anchors, plots  # noqa: E402
-from cxrlab.metrics import auc_table  # noqa: E402
-from cxrlab.train import History  # noqa: E402
+from cxrlab.core.metrics import auc_table  # noqa: E402
+from cxrlab.core.train import History  # noqa: E402
 
 RNG = np.random.default_rng(0)
 Y = np.arange(60) % 3

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from cxrlab import results
-from cxrlab.presets import PRESETS, get_preset
+from cxrlab.core import results
+from cxrlab.core.presets import PRESETS, get_preset
 
 
 def test_env_overrides_notebook_preset(monkeypatch):

@@ -1,11 +1,11 @@
-"""cxrlab.probes: stratified AUCs and resampling against hand-computed cases, probes, verdicts, checks."""
+"""cxrlab.toolbox.probes: stratified AUCs and resampling against hand-computed cases, probes, verdicts, checks."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlab import probes
+from cxrlab.toolbox import probes
 
 
 # --- stratified AUC: a 6-row case computed by hand ---------------------------------------------
@@ -249,7 +249,7 @@ def test_site_shortcut_probe_flags_site_when_group_signal_is_off(tmp_path, monke
     fixes the site looks (render.WORLD_SEED), so its sites look the same.
     """
     import cxrlab
-    from cxrlab import store
+    from cxrlab.core import store
 
     monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
     monkeypatch.setenv("CXRLAB_PRESET", "demo")

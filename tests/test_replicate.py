@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrlab.cache import load_image_cache
+from cxrlab.core.cache import load_image_cache
 from cxrlab.core import replicate
 from data_fetch.manifest import write_manifest
 
@@ -184,7 +184,7 @@ def test_bench_replicate_counts_flops_and_activations():
     spec = importlib.util.spec_from_file_location("bench_replicate", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    from cxrlab.models import build_model
+    from cxrlab.core.models import build_model
 
     model = build_model("smallcnn", 3)
     small, large = (bench.activation_bytes_per_image(model, s) for s in (32, 64))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlab import saliency as S
+from cxrlab.toolbox import saliency as S
 
 SIZE = 16
 REGION = (slice(2, 6), slice(2, 6))
@@ -149,7 +149,7 @@ def test_integrated_gradients_is_complete_when_run_in_chunks(trained, monkeypatc
 @pytest.mark.parametrize("method", S.METHODS)
 def test_forward_batches_follow_the_pixel_budget(trained, monkeypatch, method):
     """Occlusion used to push 256 patched images through the model at once (1.9 GB at 128 px)."""
-    from cxrlab import models
+    from cxrlab.core import models
 
     model, x, y = trained
     monkeypatch.setattr(models, "INFERENCE_PIXELS", 4 * x.shape[-1] * x.shape[-2])

@@ -10,7 +10,7 @@ from tests.fakes import write_fake_dataset
 
 
 def test_setup_on_prepared_folder(fake_dataset, capsys):
-    from cxrlab.session import setup
+    from cxrlab.core.session import setup
 
     S = setup("synthetic", "demo", seed=1, device="cpu", data_dir=fake_dataset, progress=False)
     line = capsys.readouterr().out
@@ -33,7 +33,7 @@ def test_setup_on_prepared_folder(fake_dataset, capsys):
 
 
 def test_env_preset_wins(fake_dataset, monkeypatch):
-    from cxrlab.session import setup
+    from cxrlab.core.session import setup
 
     monkeypatch.setenv("CXRLAB_PRESET", "workshop")
     S = setup("synthetic", "demo", data_dir=fake_dataset, progress=False)
@@ -41,7 +41,7 @@ def test_env_preset_wins(fake_dataset, monkeypatch):
 
 
 def test_synthetic_calls_prepare(fake_dataset, monkeypatch):
-    import cxrlab.session as session
+    import cxrlab.core.session as session
 
     calls = {}
 
@@ -57,15 +57,15 @@ def test_synthetic_calls_prepare(fake_dataset, monkeypatch):
 
 
 def test_real_source_missing_shows_command(fake_dataset):
-    from cxrlab.session import setup
+    from cxrlab.core.session import setup
 
     with pytest.raises(FileNotFoundError, match="python -m data_fetch nih"):
         setup("nih", "demo", progress=False)
 
 
 def test_real_source_found_and_capped(tmp_path, monkeypatch):
-    from cxrlab import presets
-    from cxrlab.session import cap_patients, setup
+    from cxrlab.core import presets
+    from cxrlab.core.session import cap_patients, setup
 
     monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
     monkeypatch.delenv("CXRLAB_PRESET", raising=False)
@@ -82,7 +82,7 @@ def test_real_source_found_and_capped(tmp_path, monkeypatch):
 
 
 def test_split_checks_catch_leakage(fake_dataset, capsys):
-    from cxrlab import checks
+    from cxrlab.toolbox import checks
     from data_fetch.manifest import read_manifest
 
     manifest = read_manifest(fake_dataset)

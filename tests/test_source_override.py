@@ -6,8 +6,8 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from cxrlab import course
-from cxrlab.session import resolve_source, setup
+from cxrlab.coursetools import runner
+from cxrlab.core.session import resolve_source, setup
 
 from tests.test_session import write_fake_dataset
 
@@ -46,6 +46,6 @@ def test_runner_refuses_a_restricted_source_named_only_in_the_environment(tmp_pa
     path = tmp_path / "chx.ipynb"
     nbformat.write(nb, path)
     monkeypatch.setenv("CXRLAB_SOURCE", "mimic")
-    run = course.run_chapter(path, tmp_path / "out", preset="demo")
+    run = runner.run_chapter(path, tmp_path / "out", preset="demo")
     assert run.status == "refused" and "mimic" in run.error
     assert not (tmp_path / "out" / "notebooks").exists()

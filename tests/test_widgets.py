@@ -5,7 +5,7 @@ import ipywidgets as widgets
 import numpy as np
 import pytest
 
-from cxrlab import widgets as W
+from cxrlab.toolbox.widgets import degradation as W
 
 
 def brightness_model(images: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""cxrlab.widgets_ch3: the test-set-mix sampler, its metrics and the widget's callbacks (no browser)."""
+"""cxrlab.toolbox.widgets.test_mix: the test-set-mix sampler, its metrics and the widget's callbacks (no browser)."""
 from __future__ import annotations
 
 import matplotlib
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlab.widgets_ch3 import MixWidget, mix_metrics, mix_test_set, mix_widget
+from cxrlab.toolbox.widgets.test_mix import MixWidget, mix_metrics, mix_test_set, mix_widget
 
 CLASSES = ["A", "B", "C"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrlab import fairness as F
-from cxrlab import widgets_ch5 as W
+from cxrlab.toolbox import fairness as F
+from cxrlab.toolbox.widgets import threshold as W
 
 
 @pytest.fixture()

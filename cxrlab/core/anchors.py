@@ -145,7 +145,7 @@ def _is_synthetic(classes: list[str], source: str | None) -> bool:
 
 def compare_to_table3(our_auc_table: pd.DataFrame, dataset: str = "MIMIC-CXR",
                       source: str | None = None) -> pd.DataFrame:
-    """Our per-class AUCs (from :func:`cxrlab.metrics.auc_table`) beside the paper's Table 3.
+    """Our per-class AUCs (from :func:`cxrlab.core.metrics.auc_table`) beside the paper's Table 3.
 
     Real sources: rows are matched by class name (Asian, Black, White); a class the paper did
     not report gets NaN. Synthetic source (or classes that are not the paper's): groups A, B, C

@@ -74,7 +74,7 @@ class CXRDataset(Dataset):
             regression) or an ``(n, K)`` float array (multilabel).
         transform: an extra callable applied after augmentation, at train and at test time
             (chapter 4's degradations plug in here). It runs once per *batch* ``(B, 1, H, W)``
-            in :meth:`collate`, which :func:`cxrlab.train.fit` uses as the loader's
+            in :meth:`collate`, which :func:`cxrlab.core.train.fit` uses as the loader's
             ``collate_fn``: one FFT per batch instead of one per image (per-image FFTs on two
             threads cost 0.1 ms idle but up to 16 ms when the cores are busy). ``ds[i]``
             is the image *before* it; ``ds.collate([ds[i]])`` the batch of one after it.

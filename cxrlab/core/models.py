@@ -49,7 +49,7 @@ class OneChannelNet(nn.Module):
     """``head(backbone(normalize(x)))`` for a ``(B, 1, H, W)`` input in [0, 1].
 
     Attributes: ``arch`` (name), ``n_features`` (width of the penultimate layer), ``task``
-    (set by :func:`cxrlab.train.fit`), and two buffers ``target_shift`` / ``target_scale`` that
+    (set by :func:`cxrlab.core.train.fit`), and two buffers ``target_shift`` / ``target_scale`` that
     map a regression output back to its units (years for age).
     """
 
@@ -176,7 +176,7 @@ def image_batches(images: np.ndarray, batch_size: int,
     >>> [b.shape[0] for b in image_batches(np.zeros((5, 8, 8), np.uint8), 2)]
     [2, 2, 1]
     """
-    from cxrlab.datasets import to_float_tensor
+    from cxrlab.core.datasets import to_float_tensor
 
     batch_size = inference_batch_size(batch_size, images)
     for start in range(0, len(images), batch_size):
@@ -197,7 +197,7 @@ def embed(model: nn.Module, images: np.ndarray, batch_size: int = 128,
     (5, 128)
     """
     if not hasattr(model, "features") or not callable(model.features):
-        raise TypeError("embed needs a model from cxrlab.models.build_model")
+        raise TypeError("embed needs a model from cxrlab.core.models.build_model")
     was_training = model.training
     model.eval().to(device)
     out = [model.features(batch.to(device)).float().cpu().numpy()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlab import metrics
+from cxrlab.core import metrics
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with any colour vision.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
@@ -44,7 +44,7 @@ def _axes(ax=None, figsize=(5.5, 4.0)):
 def plot_history(history, ax=None) -> Figure:
     """Training and validation loss per epoch, and the validation metric, best epoch marked.
 
-    ``history``: a :class:`cxrlab.train.History` (or its ``to_dict()``).
+    ``history``: a :class:`cxrlab.core.train.History` (or its ``to_dict()``).
     """
     data = history.to_dict() if hasattr(history, "to_dict") else dict(history)
     epochs = pd.DataFrame(data["epochs"])
@@ -133,7 +133,7 @@ def plot_auc_vs_paper(our_table: pd.DataFrame, dataset: str = "MIMIC-CXR",
     For the synthetic source the groups A/B/C are not races: our bars and the paper's stand in
     two separate groups, for scale only, and the title says so.
     """
-    from cxrlab.anchors import TABLE3, compare_to_table3
+    from cxrlab.core.anchors import TABLE3, compare_to_table3
 
     table = compare_to_table3(our_table, dataset=dataset, source=source)
     table = table[table["class"] != "macro (mean)"]

@@ -30,7 +30,7 @@ class Preset:
     image_size: int          # pixels, square
     n_patients: int          # synthetic cohort size (about 2.5 studies per patient)
     max_images: int          # cap on images used from a real source
-    model: str               # architecture name for cxrlab.models.build_model
+    model: str               # architecture name for cxrlab.core.models.build_model
     pretrained: bool         # ImageNet weights when they can be downloaded
     epochs: int
     batch_size: int

@@ -31,7 +31,6 @@ Preprocessing is the library's documented recipe (its README): 8-bit image ->
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,7 +43,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrlab import metrics
+from cxrlab.core import metrics
 from data_fetch import download as dl
 from data_fetch.paths import data_root
 
@@ -285,7 +284,7 @@ def preprocess(images: np.ndarray, resolution: int) -> torch.Tensor:
     """``(N, 1, R, R)`` float tensor in [-1024, 1024], as torchxrayvision documents.
 
     ``images``: ``(N, H, W)`` uint8, or float with 0..1 for black..white (e.g. after
-    :mod:`cxrlab.degrade`). Each 8-bit image is normalised with ``xrv.datasets.normalize(img,
+    :mod:`cxrlab.toolbox.degrade`). Each 8-bit image is normalised with ``xrv.datasets.normalize(img,
     255)``, a float image with the same formula (without its range check: a high-pass image
     has negative values, which are kept); then centre-cropped to a square
     (``XRayCenterCrop``) and resized to ``resolution`` (``XRayResizer``).
@@ -322,7 +321,7 @@ class Published:
                 batch_size: int = 16, progress: bool = False) -> np.ndarray:
         """Probabilities ``(N, K)`` (race, sex) or ages ``(N,)`` for 8-bit images ``(N, H, W)``.
 
-        ``transform`` (e.g. ``cxrlab.degrade.LowPass(25)``) is applied to float ``(B, 1, H, W)``
+        ``transform`` (e.g. ``cxrlab.toolbox.degrade.LowPass(25)``) is applied to float ``(B, 1, H, W)``
         images in [0, 1] before the library's preprocessing, so degradations act on the image
         the model sees.
         """
@@ -349,7 +348,7 @@ class Published:
 @dataclass
 class ClassSubset:
     """A published model that reports only some of its output columns (e.g. the classes with
-    enough patients), for :func:`cxrlab.degrade.sweep_at_test_time`."""
+    enough patients), for :func:`cxrlab.toolbox.degrade.sweep_at_test_time`."""
 
     model: Published
     columns: list[int]
@@ -382,7 +381,7 @@ def race_targets(races: Sequence[Any], targets: Sequence[str] = MODELS["race"].t
 def race_auc_report(proba: np.ndarray, races: Sequence[Any], patients: Sequence[Any],
                     targets: Sequence[str] = MODELS["race"].targets, n_boot: int = 200,
                     seed: int = 0, min_patients: int = MIN_PATIENTS) -> pd.DataFrame:
-    """Per-class one-vs-rest AUC with patient-bootstrap 95% CIs (:func:`cxrlab.metrics.auc_table`).
+    """Per-class one-vs-rest AUC with patient-bootstrap 95% CIs (:func:`cxrlab.core.metrics.auc_table`).
 
     A class with fewer than ``min_patients`` patients gets no AUC: its ``result`` is a sentence
     saying so, and ``auc`` stays empty. Images whose race is not one of ``targets`` are left out.

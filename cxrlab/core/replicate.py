@@ -19,7 +19,7 @@ what one process with the whole batch would, up to floating-point rounding (test
 GPU the forward and backward passes run in mixed precision (bfloat16 where supported, else
 float16 with loss scaling) on channels-last tensors.
 
-Why a loop of its own rather than :func:`cxrlab.train.fit`: ``fit`` is the course's
+Why a loop of its own rather than :func:`cxrlab.core.train.fit`: ``fit`` is the course's
 single-process loop (cosine schedule, augmentation, CPU-sized inference batches). This one
 needs per-rank samplers, gradient all-reduce, sharded evaluation gathered on every rank,
 mixed precision and a checkpoint that can resume in the middle of an epoch; putting those
@@ -54,9 +54,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from cxrlab import anchors, metrics
-from cxrlab.presets import PRESETS
-from cxrlab.train import save_checkpoint, seed_everything
+from cxrlab.core import anchors, metrics
+from cxrlab.core.presets import PRESETS
+from cxrlab.core.train import save_checkpoint, seed_everything
 
 #: Table 3 row of each source the paper trained and tested on.
 TABLE3_ROWS = {"mimic": "MIMIC-CXR", "chexpert": "CheXpert"}
@@ -184,7 +184,7 @@ def _dataset_folder(source: str, data_dir: str | Path | None, dataset: str | Non
 
         extra = {"n_patients": synthetic_patients} if synthetic_patients else {}
         return Path(synthetic.prepare(preset=preset, progress=False, **extra))
-    from cxrlab.session import find_prepared
+    from cxrlab.core.session import find_prepared
 
     return find_prepared(source, dataset)
 
@@ -197,8 +197,8 @@ def load_cohort(source: str, recipe: Recipe, procs: Processes, *, data_dir: str 
     The main process builds the cache first; the others wait, then open the same file
     memory-mapped (one copy in the page cache, whatever the number of processes).
     """
-    from cxrlab.cache import load_image_cache
-    from cxrlab.session import Session, _race_classes, cap_patients
+    from cxrlab.core.cache import load_image_cache
+    from cxrlab.core.session import Session, _race_classes, cap_patients
     from data_fetch.manifest import read_manifest
 
     cohort: Cohort | None = None
@@ -239,7 +239,7 @@ class CacheImages(Dataset):
         self.images, self.labels, self.rows = images, labels, np.asarray(rows, dtype=np.int64)
         self.augmentation = None
         if augment:
-            from cxrlab.datasets import default_augmentation
+            from cxrlab.core.datasets import default_augmentation
 
             self.augmentation = default_augmentation()
         self.seed, self.epoch = int(seed), 0
@@ -321,10 +321,10 @@ def build_replica(recipe: Recipe, n_classes: int, procs: Processes) -> nn.Module
     """The recipe's model on this process's device (channels-last; DDP when world > 1).
 
     The main process builds first, so only it downloads the ImageNet weights (offline, it
-    trains from scratch, as :func:`cxrlab.models.build_model` explains); DDP then copies the
+    trains from scratch, as :func:`cxrlab.core.models.build_model` explains); DDP then copies the
     main process's weights to every other process.
     """
-    from cxrlab.models import build_model
+    from cxrlab.core.models import build_model
 
     model = None
     for turn in ("main", "others"):
@@ -375,7 +375,7 @@ def predict_rows(model: nn.Module, cohort: Cohort, rows: np.ndarray, procs: Proc
                  precision: Precision, batch_size: int) -> np.ndarray:
     """Softmax ``(len(rows), C)`` for ``rows``: each process predicts every world-th row, then
     every process gathers all of them (so every process takes the same decisions)."""
-    from cxrlab.models import inference_batch_size
+    from cxrlab.core.models import inference_batch_size
 
     net = _plain(model).eval()
     mine = np.arange(procs.rank, len(rows), procs.world)
@@ -582,7 +582,7 @@ def evaluate(model: nn.Module, cohort: Cohort, recipe: Recipe, procs: Processes,
 
 def write_results(path: Path, payload: dict[str, Any]) -> None:
     """Write ``results.json`` atomically (NaN becomes null)."""
-    from cxrlab.results import _jsonable
+    from cxrlab.core.results import _jsonable
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_jsonable(payload), indent=2))

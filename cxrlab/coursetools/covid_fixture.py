@@ -185,7 +185,7 @@ def build_fixture_weights(seed: int = 0) -> Path:
 
 # ----------------------------------------------------------------------------- the decision
 def _real_dataset() -> Path | None:
-    from cxrlab.session import find_prepared
+    from cxrlab.core.session import find_prepared
 
     root = data_root() / "covid19_ar"
     real = [p.parent for p in root.glob("*/manifest.csv") if p.parent.name != FIXTURE_NAME]

@@ -231,8 +231,8 @@ def training_speed(model: str = "smallcnn", image_size: int = 64, batch_size: in
 
     import torch
 
-    from cxrlab.models import build_model
-    from cxrlab.train import pick_device
+    from cxrlab.core.models import build_model
+    from cxrlab.core.train import pick_device
 
     dev = pick_device(device)
     torch.manual_seed(seed)

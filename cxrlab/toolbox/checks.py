@@ -1,7 +1,7 @@
 """Learner self-checks: each prints a clear success message or raises :class:`CheckFailed`
 (an ``AssertionError``) that says what is wrong and how to look for the cause.
 
-Chapters 3-5 keep their own checks next to their code (``cxrlab.probes`` etc.) and use
+Chapters 3-5 keep their own checks next to their code (``cxrlab.toolbox.probes`` etc.) and use
 :func:`passed` and :class:`CheckFailed` from here.
 
 >>> passed("the split is patient-level")
@@ -189,7 +189,7 @@ def require_answer(*names: str) -> None:
     >>> require_answer("surely_not_defined_here")
     Traceback (most recent call last):
     ...
-    cxrlab.checks.CheckFailed: answer the exercise above first: `surely_not_defined_here` is not defined yet (write your answer in the cell above and run it, then run this cell)
+    cxrlab.toolbox.checks.CheckFailed: answer the exercise above first: `surely_not_defined_here` is not defined yet (write your answer in the cell above and run it, then run this cell)
     """
     caller = inspect.currentframe().f_back  # the notebook's namespace (IPython runs cells there)
     scope = {**caller.f_globals, **caller.f_locals}
@@ -210,7 +210,7 @@ def library_blocked(*functions: Callable, namespace: dict | None = None) -> Iter
     ...     metrics.macro_auc([0, 1], np.array([0.1, 0.9]))
     Traceback (most recent call last):
     ...
-    cxrlab.checks.CheckFailed: your answer calls cxrlab.metrics.macro_auc: this exercise asks you to compute it yourself
+    cxrlab.toolbox.checks.CheckFailed: your answer calls cxrlab.core.metrics.macro_auc: this exercise asks you to compute it yourself
     """
     saved: list[tuple[object, str, object]] = []
 
@@ -244,7 +244,7 @@ def bootstrap_by_hand(y: np.ndarray, P: np.ndarray, units: np.ndarray | None, n_
     """``(ci_low, ci_high)`` per class, resampled exactly as chapter 2's exercise 1 hints:
     one ``np.random.default_rng(seed)``, ``rng.choice(np.unique(units), size, replace=True)``
     per resample (``units=None``: the images themselves), resamples with one class skipped."""
-    from cxrlab.metrics import weighted_aucs
+    from cxrlab.core.metrics import weighted_aucs
 
     y, P = np.asarray(y), np.asarray(P, dtype=float)
     units = np.arange(len(y)) if units is None else np.asarray(units)
@@ -389,7 +389,7 @@ def claim(condition: bool, sentence: str, detail: str = "") -> bool:
     >>> claim(0.42 > 0.5, "every class is recognised well above chance", "AUC 0.42")
     Traceback (most recent call last):
     ...
-    cxrlab.checks.ClaimFailed: the text says "every class is recognised well above chance", but these numbers do not show it (AUC 0.42)
+    cxrlab.toolbox.checks.ClaimFailed: the text says "every class is recognised well above chance", but these numbers do not show it (AUC 0.42)
     """
     if bool(condition):
         return True

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrlab.checks import passed, require
-from cxrlab.train import release_unused_memory
+from cxrlab.toolbox.checks import passed, require
+from cxrlab.core.train import release_unused_memory
 
 REFERENCE_SIZE = 224
 GRID = 3
@@ -487,7 +487,7 @@ class SweepSpec:
     levels: tuple[float, ...]
     make: Callable[[float], Degradation] = field(repr=False)
     integer: bool = False
-    anchor: str | None = None  # key in cxrlab.anchors.DEGRADATION_CURVES, if the paper has a curve
+    anchor: str | None = None  # key in cxrlab.core.anchors.DEGRADATION_CURVES, if the paper has a curve
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -535,7 +535,7 @@ def degrade_images(images: np.ndarray, degradation: Callable[[torch.Tensor], tor
                    batch_size: int = 256) -> np.ndarray:
     """Apply ``degradation`` to uint8 (or float) images ``(N, H, W)`` in batches; float32 out.
 
-    The result is what :meth:`cxrlab.store.TrainedModel.predict` takes, and unlike per-image
+    The result is what :meth:`cxrlab.core.store.TrainedModel.predict` takes, and unlike per-image
     transforms it runs one FFT per batch.
     """
     out = np.empty(np.shape(images), dtype=np.float32)
@@ -547,7 +547,7 @@ def degrade_images(images: np.ndarray, degradation: Callable[[torch.Tensor], tor
 
 def _macro_row(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], groups: Any,
                n_boot: int, seed: int) -> dict[str, Any]:
-    from cxrlab.metrics import macro_auc_ci
+    from cxrlab.core.metrics import macro_auc_ci
 
     ci = macro_auc_ci(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed)
     return {"class": "macro", "auc": ci.estimate, "ci_low": ci.low, "ci_high": ci.high}
@@ -557,7 +557,7 @@ def auc_rows(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], groups: A
              n_boot: int = 100, seed: int = 0, per_class: bool = True) -> list[dict[str, Any]]:
     """Per-class one-vs-rest AUCs (unless ``per_class=False``) and the macro AUC (last row,
     class ``"macro"``; for a binary target it repeats the one AUC), with patient-bootstrap 95% CIs."""
-    from cxrlab.metrics import auc_table
+    from cxrlab.core.metrics import auc_table
 
     multiclass = np.ndim(proba) == 2
     rows: list[dict[str, Any]] = []
@@ -598,7 +598,7 @@ def degraded_model(session: Any, name: str, level: float, target: str = "race",
                    progress: bool = True) -> Any:
     """The store's ``target`` model trained, validated and tested on images degraded by
     ``make_degradation(name, level)`` (variant ``"<name>-<level>"``): trained once, then loaded."""
-    from cxrlab.store import get_model
+    from cxrlab.core.store import get_model
 
     return get_model(session, target, variant=f"{name}-{level:g}",
                      train_transform=make_degradation(name, level), progress=progress)
@@ -662,7 +662,7 @@ def plot_sweep(curves: dict[str, Any], name: str, paper: dict[str, Sequence[floa
     (``{"level": [...], "auc": [...]}``) dashed. Radii use a log axis."""
     import matplotlib.pyplot as plt
 
-    from cxrlab.plots import PALETTE
+    from cxrlab.core.plots import PALETTE
 
     spec = SEVERITY_SWEEPS[name]
     if ax is None:
@@ -715,7 +715,7 @@ def _module() -> Any:
 
 
 def _filtered(fn: Callable[[np.ndarray, float], np.ndarray], img: np.ndarray, d: float) -> np.ndarray:
-    from cxrlab.checks import call_answer
+    from cxrlab.toolbox.checks import call_answer
 
     out = call_answer(fn, img.copy(), d)
     require(type(out) is np.ndarray, f"return a numpy array, not {type(out).__name__}")
@@ -731,7 +731,7 @@ def check_high_pass(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
     usual slips, each named: keeping radius >= d (the boundary; d = 0 shows it), radii in pixels
     of this image instead of the 224-px grid, one axis's frequencies for both, a low-pass.
     """
-    from cxrlab.checks import forbid_library
+    from cxrlab.toolbox.checks import forbid_library
 
     forbid_library(fn, _module(), HIGH_PASS_LIBRARY, "the high-pass filter")
     rng = np.random.default_rng(0)
@@ -800,7 +800,7 @@ def check_first_level_function(fn: Callable[[Any, float], float | None]) -> None
     ``fn(table, threshold)`` gets a sweep table (mildest level first; per-class rows and a
     ``macro`` row per level) and returns that level as a number, or ``None``.
     """
-    from cxrlab.checks import call_answer, forbid_library, require_number
+    from cxrlab.toolbox.checks import call_answer, forbid_library, require_number
 
     forbid_library(fn, _module(), FIRST_LEVEL_LIBRARY, "the search")
     for levels, macro, other, threshold, want in FIRST_LEVEL_CASES:
@@ -822,7 +822,7 @@ def check_first_level_function(fn: Callable[[Any, float], float | None]) -> None
 def check_first_level_below(answer: float | None, table, threshold: float = 0.6) -> None:
     """Self-check for "find the radius where AUC falls below 0.6" on a sweep ``table``:
     ``answer`` must be a plain number (or ``None``), equal to the true first level."""
-    from cxrlab.checks import require_number
+    from cxrlab.toolbox.checks import require_number
 
     value = require_number(answer, "radius_below_06", allow_none=True)
     truth = first_level_below(table, threshold)

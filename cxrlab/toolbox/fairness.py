@@ -495,7 +495,7 @@ def plot_group_rates(table: pd.DataFrame, metric: str = "underdiagnosis", ax: An
     """
     import matplotlib.pyplot as plt
 
-    from cxrlab.plots import PALETTE
+    from cxrlab.core.plots import PALETTE
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
@@ -628,7 +628,7 @@ def check_underdiagnosis_function(fn: Callable[[Any, Any, Any], Mapping[Any, flo
     The slips it names: dividing by all of a group's patients, the overdiagnosis rate,
     specificity, and calling this module's helpers.
     """
-    from cxrlab.checks import call_answer, forbid_library, require_number
+    from cxrlab.toolbox.checks import call_answer, forbid_library, require_number
 
     forbid_library(fn, _module(), UNDERDIAGNOSIS_LIBRARY, "the underdiagnosis rate")
     for seed in (5, 6):
@@ -666,7 +666,7 @@ def check_fair_threshold_function(fn: Callable[[Any, Any, Any, float], float]) -
     The slips it names: the most lenient group's threshold (the minimum), the overall
     threshold, and calling this module's per-group helper.
     """
-    from cxrlab.checks import call_answer, forbid_library, require_number
+    from cxrlab.toolbox.checks import call_answer, forbid_library, require_number
 
     forbid_library(fn, _module(), FAIR_THRESHOLD_LIBRARY, "the constrained threshold")
     for seed, max_rate in ((7, 0.2), (8, 0.1)):

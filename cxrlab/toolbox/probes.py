@@ -43,7 +43,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from tqdm.auto import tqdm
 
-from cxrlab import checks, metrics
+from cxrlab.toolbox import checks
+from cxrlab.core import metrics
 
 NUMERIC_COVARIATES = ("age", "bmi")
 CATEGORICAL_COVARIATES = ("sex", "view", "site")
@@ -565,7 +566,7 @@ class ShortcutVerdict:
         return float(self.auc_confounded - self.auc_independent)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict for :func:`cxrlab.results.record`."""
+        """Plain dict for :func:`cxrlab.core.results.record`."""
         out = asdict(self)
         out["site_ci"] = list(self.site_ci)
         out["drop"] = self.drop
@@ -617,8 +618,8 @@ def shortcut_verdict(site_auc: float, site_ci: tuple[float, float],
 
 
 def model_features(model: Any, images: np.ndarray, batch_size: int = 64, **kwargs: Any) -> np.ndarray:
-    """Penultimate-layer features of a trained model: :func:`cxrlab.models.embed`."""
-    from cxrlab.models import embed
+    """Penultimate-layer features of a trained model: :func:`cxrlab.core.models.embed`."""
+    from cxrlab.core.models import embed
 
     return np.asarray(embed(model, images, batch_size=batch_size, **kwargs), dtype=np.float64)
 

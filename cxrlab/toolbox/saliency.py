@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrlab.checks import passed, require
-from cxrlab.models import inference_batch_size
+from cxrlab.toolbox.checks import passed, require
+from cxrlab.core.models import inference_batch_size
 
 METHODS = ("gradient", "integrated_gradients", "occlusion")
 
@@ -44,7 +44,7 @@ def _images_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 IG_CHUNK = 32
 """Integrated gradients evaluates ``n_steps`` interpolated copies of each image; captum runs
 them through the model at most this many at a time (fewer for big images: the pixel budget of
-:func:`cxrlab.models.inference_batch_size`; at least one batch of images), so memory does not
+:func:`cxrlab.core.models.inference_batch_size`; at least one batch of images), so memory does not
 grow with ``n_steps`` (all 512 copies at once cost 600 MB on the demo model). Occlusion's
 patched copies are batched by the same budget."""
 
@@ -196,7 +196,7 @@ def region_fraction(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def tile_shares(maps: np.ndarray, grid: int = 3) -> np.ndarray:
     """Mean share of attribution in each tile of a ``grid`` x ``grid`` partition (``(grid, grid)``),
     comparable with chapter 4's tile heat map of AUC."""
-    from cxrlab.degrade import tile_mask
+    from cxrlab.toolbox.degrade import tile_mask
 
     h, w = np.asarray(maps).shape[-2:]
     shares = np.zeros((grid, grid))
@@ -254,7 +254,7 @@ def check_saliency_reading(share_in_lungs: float, lung_area: float, verdict: str
                            maps: np.ndarray, masks: np.ndarray) -> None:
     """Self-check for "interpret a saliency map": the two numbers (plain floats) and the chosen
     reading (a plain ``str``, a key of :data:`VERDICTS`)."""
-    from cxrlab.checks import require_number, require_plain_str
+    from cxrlab.toolbox.checks import require_number, require_plain_str
 
     share = require_number(share_in_lungs, "share_in_lungs")
     area = require_number(lung_area, "lung_area")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from cxrlab.degrade import (SEVERITY_SWEEPS, BlackOutTile, KeepTile, SweepSpec, _as_float_tensor,
+from cxrlab.toolbox.degrade import (SEVERITY_SWEEPS, BlackOutTile, KeepTile, SweepSpec, _as_float_tensor,
                             log_spectrum)
 
 PREDICTION_CLASS = "cxr-prediction"
@@ -44,7 +44,7 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def predictor(trained_model: Any) -> Predictor:
-    """A ``predict_fn`` for the explorer from a :class:`cxrlab.store.TrainedModel`:
+    """A ``predict_fn`` for the explorer from a :class:`cxrlab.core.store.TrainedModel`:
     float images ``(N, H, W)`` -> class probabilities ``(N, C)`` (binary models give ``[1-p, p]``)."""
     def predict_fn(images: np.ndarray) -> np.ndarray:
         proba = np.asarray(trained_model.predict(np.asarray(images, dtype=np.float32)))
@@ -104,9 +104,9 @@ def make_slider(spec: SweepSpec, value: float | None = None) -> widgets.Widget:
 
 
 def _palette() -> Sequence[str]:
-    """The course palette (cxrlab.plots.PALETTE, Okabe-Ito)."""
+    """The course palette (cxrlab.core.plots.PALETTE, Okabe-Ito)."""
     try:
-        from cxrlab.plots import PALETTE
+        from cxrlab.core.plots import PALETTE
     except ImportError:  # plots not importable (e.g. a partial install): Okabe-Ito's first colours
         return ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
     return PALETTE

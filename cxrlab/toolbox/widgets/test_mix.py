@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cxrlab import metrics
-from cxrlab.probes import binary_auc, encode_target, macro_ovr_auc
+from cxrlab.core import metrics
+from cxrlab.toolbox.probes import binary_auc, encode_target, macro_ovr_auc
 
 GROUP_LABEL = "group (synthetic stand-in)"
 """The x-axis of the widget's bars; a real source passes ``group_label="self-reported race"``."""
@@ -320,7 +320,7 @@ def render_png(table: pd.DataFrame, dpi: int = 80, group_label: str = GROUP_LABE
 
     import matplotlib.pyplot as plt
 
-    from cxrlab.plots import PALETTE
+    from cxrlab.core.plots import PALETTE
 
     colours = list(PALETTE.values()) if isinstance(PALETTE, Mapping) else list(PALETTE)
     t = table.drop(index="all", errors="ignore")

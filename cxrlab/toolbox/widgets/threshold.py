@@ -32,7 +32,7 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
-from cxrlab.fairness import OperatingPoint, operating_point
+from cxrlab.toolbox.fairness import OperatingPoint, operating_point
 
 MODES = (("one global threshold", "global"), ("per-group thresholds", "per_group"))
 GROUP_LABEL = "group (synthetic stand-in)"   # the x-axis; real sources pass "self-reported race"
@@ -43,7 +43,7 @@ def draw_operating_point(point: OperatingPoint, ax: Any = None, group_label: str
 
     Returns the axes (a new figure's when ``ax`` is None).
     """
-    from cxrlab.plots import PALETTE
+    from cxrlab.core.plots import PALETTE
 
     if ax is None:
         ax = Figure(figsize=(6.4, 3.0)).subplots()
