@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.restricted import note_restricted_data
 from cxrlab.presets import Preset, get_preset
 from cxrlab.train import pick_device, seed_everything
 from data_fetch.manifest import finding_columns, read_card, read_manifest
 from data_fetch.paths import data_root
 
 REAL_SOURCES = ("nih", "covid19_ar", "chexpert", "mimic")
+
 BINARY_TARGETS = {"sex": ("sex", ["F", "M"]), "no_finding": ("no_finding", ["finding", "no finding"])}
 FETCH_HINTS = {
     "nih": "python -m data_fetch nih --max-images 2000      (open; first archive, 2 GB)",
@@ -252,8 +254,11 @@ def setup(
     from cxrlab.cache import load_image_cache
 
     images = load_image_cache(manifest, chosen.image_size, folder / "cache", progress=progress)
+    card = read_card(folder)
+    if card.get("restricted"):
+        note_restricted_data(folder)
     session = Session(manifest=manifest, images=images, classes=_race_classes(manifest),
                       device=str(pick_device(device)), preset=chosen, source=source,
-                      seed=int(seed), data_dir=folder, card=read_card(folder))
+                      seed=int(seed), data_dir=folder, card=card)
     print(session.describe())
     return session
