@@ -344,10 +344,16 @@ def _worker_config(course_dir: Path, job: dict[str, Any], settings: Settings, hi
     from nbgrader.preprocessors import GetGrades
 
     cfg = authoring.nbgrader_config(course_dir)
-    deadline = time.monotonic() + settings.timeout
+    deadline: list[float] = []                  # set when the first cell runs (kernel start-up excluded)
+
+    def seconds_left(cell) -> int:
+        if not deadline:
+            deadline.append(time.monotonic() + settings.timeout)
+        return max(1, int(deadline[0] - time.monotonic()))
+
     cfg.Execute.kernel_name = KERNEL_NAME
     cfg.Execute.timeout = max(1, int(settings.timeout))
-    cfg.Execute.timeout_func = lambda cell: max(1, int(deadline - time.monotonic()))
+    cfg.Execute.timeout_func = seconds_left
     cfg.Execute.interrupt_on_timeout = True
     cfg.Execute.startup_timeout = 120
     cfg.KernelManager.transport = "ipc"            # Unix sockets: the sandbox has no network
@@ -404,6 +410,8 @@ def _autograde_worker(job: dict[str, Any], settings: Settings, hidden: list[str]
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(log, 1)   # nbgrader's and the kernel's messages go to the notebook's log file
     os.dup2(log, 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)   # not the parent's (maybe captured) streams
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
     warnings.filterwarnings("ignore", message=".*not in session.*")   # nbgrader's SQLAlchemy chatter
     _become_subreaper()
     from nbgrader.converters import Autograde, GenerateFeedback
