@@ -818,6 +818,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="run kernels in bubblewrap (auto: when it works; none: never)")
     parser.add_argument("--memory-mb", type=int, default=sandbox.Limits.memory_mb,
                         help=f"address-space limit of each kernel (default {sandbox.Limits.memory_mb})")
+    parser.add_argument("--file-mb", type=int, default=sandbox.Limits.file_mb,
+                        help=f"largest file a notebook may write (default {sandbox.Limits.file_mb})")
+    parser.add_argument("--max-processes", type=int, default=sandbox.Limits.processes,
+                        help=f"processes and threads a kernel may add (default {sandbox.Limits.processes})")
     parser.add_argument("--preset", default=os.environ.get("CXRLAB_PRESET", "demo"),
                         help="CXRLAB_PRESET the notebooks run with (default demo)")
     parser.add_argument("--allow-restricted", action="store_true",
@@ -838,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
         run = grade_submissions(args.submissions, args.out, solutions=args.solutions, timeout=args.timeout,
                                 grace=args.grace, preset=args.preset, show_hidden=args.show_hidden_tests,
                                 jobs=args.jobs, regrade=args.regrade, sandbox_mode=mode,
-                                limits=sandbox.Limits(memory_mb=args.memory_mb),
+                                limits=sandbox.Limits(memory_mb=args.memory_mb, file_mb=args.file_mb,
+                                                      processes=args.max_processes),
                                 allow_restricted=args.allow_restricted)
     except (GradingError, authoring.AuthoringError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -130,9 +130,9 @@ def graded(tmp_path_factory):
              "ch07-ex2-answer": "total = sum(range(10))"}
     probe = PROBE.format(canary=str(canary), solutions=str(solutions), work=str(work))
     _chapter_with(chapter, {**right, 2: probe}, subs / "attacker" / "ch07_tiny.ipynb")
-    _chapter_with(chapter, {**right, "ch07-ex2-answer": LEAK}, subs / "leaker" / "ch07_tiny.ipynb")
-    _chapter_with(chapter, {**right, "ch07-ex1-answer": "def circle_area(r):\n    # ### BEGIN HIDDEN TESTS\n"
-                                                        "    return math.pi * r ** 2"}, subs / "marker" / "ch07_tiny.ipynb")
+    _chapter_with(chapter, {"ch07-ex2-answer": LEAK,    # and the delimiter in a comment of its own
+                            "ch07-ex1-answer": "def circle_area(r):\n    # ### BEGIN HIDDEN TESTS\n"
+                                               "    return math.pi * r ** 2"}, subs / "leaker" / "ch07_tiny.ipynb")
     _chapter_with(chapter, {**right, 2: "import math, os\nos._exit(3)"}, subs / "crasher" / "ch07_tiny.ipynb")
     _chapter_with(chapter, {**right, 2: "import math\nfrom cxrlab.core.restricted import note_restricted_data\n"
                                         "note_restricted_data('chexpert/x')\nprint('PATIENT ROW', 12345 * 2)"},
@@ -160,7 +160,7 @@ def graded(tmp_path_factory):
 
 
 LEARNERS = {"solution", "untouched", "mistake", "forever", "stubborn", "broken", "attacker", "leaker",
-            "marker", "crasher", "restricted", "deleter", "cheater"}
+            "crasher", "restricted", "deleter", "cheater"}
 
 
 def _page(out: Path, learner: str, chapter: str = "ch07_tiny") -> str:
@@ -234,7 +234,7 @@ def test_feedback_pages_hide_the_hidden_tests(graded):
     for who, page in pages.items():
         text = html.unescape(re.sub(r"<[^>]+>", "", page))
         assert "circle_area(2)" not in text and "isinstance(total" not in text, who
-        if who != "leaker":                                  # the leaker printed the delimiters itself
+        if who != "leaker":                                  # the leaker wrote and printed the delimiters
             assert "### BEGIN HIDDEN TESTS\n" not in text, who
     assert grading.HIDDEN_PLACEHOLDER in pages["leaker"]          # print(In[-2]) shows a placeholder
     assert "Exercise 1: not implemented yet" in pages["untouched"]
@@ -245,9 +245,9 @@ def test_feedback_pages_hide_the_hidden_tests(graded):
 
 def test_begin_hidden_tests_in_learner_text_changes_nothing(graded):
     run, rows, out, _, _, _ = graded
-    assert (rows["marker"]["ch07-ex1-check"], rows["marker"]["ch07-ex2-check"]) == ("2", "1")
-    assert run.results[("marker", "ch07_tiny")].notes == []
-    assert "# ### BEGIN HIDDEN TESTS" in _page(out, "marker")     # their own text, shown as written
+    assert (rows["leaker"]["ch07-ex1-check"], rows["leaker"]["ch07-ex2-check"]) == ("2", "1")
+    assert run.results[("leaker", "ch07_tiny")].notes == []
+    assert "# ### BEGIN HIDDEN TESTS" in html.unescape(re.sub(r"<[^>]+>", "", _page(out, "leaker")))
 
 
 def test_deleted_graded_cells_are_re_added_and_reported(graded):
@@ -340,7 +340,8 @@ def test_without_bubblewrap_env_is_clean_limits_apply_and_processes_die(tmp_path
     os.environ["CXRLAB_GRADER_SECRET"] = SECRET
     try:
         code = grading.main([str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--solutions", str(solutions),
-                             "--sandbox", "none", "--timeout", "60", "--jobs", "1"])
+                             "--sandbox", "none", "--timeout", "60", "--jobs", "1", "--file-mb", "1",
+                             "--max-processes", "48"])
     finally:
         os.environ.pop("CXRLAB_GRADER_SECRET")
     assert code == 0 and "WARNING: NOT SANDBOXED" in capsys.readouterr().err

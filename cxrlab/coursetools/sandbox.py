@@ -52,8 +52,8 @@ TMPFS_BYTES = 256 * 2**20
 class Limits:
     """Resource limits of one kernel (``setrlimit``); ``None`` leaves a limit as inherited."""
 
-    cpu_seconds: int | None = 3600
-    memory_mb: int | None = 8192          # address space (RLIMIT_AS)
+    cpu_seconds: int | None = None        # None: the grader uses timeout x cores + 60 s
+    memory_mb: int | None = 16384         # address space (RLIMIT_AS)
     file_mb: int | None = 1024            # largest file the notebook may write
     processes: int | None = 256           # processes and threads of the sandbox's user
 
