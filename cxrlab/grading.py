@@ -212,19 +212,19 @@ def _sandbox_job(job_dir: Path, notebook: Path, settings: Settings) -> sandbox.J
     from data_fetch.paths import data_root
 
     drop = settings.sandbox_mode == "bwrap" and sandbox.should_drop_privileges()
-    scratch = sandbox.prepare_scratch(job_dir / "sandbox", notebook, drop)
-    packages = _package_dirs()
     data = data_root().resolve()
+    hidden = [] if settings.allow_restricted else restricted_datasets(data)
+    scratch = sandbox.prepare_scratch(job_dir / "sandbox", notebook, drop, data, hidden)
+    packages = _package_dirs()
     read_only = {str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     read_only |= {str(p) for p in packages} | {str(data)}
     read_only = {p for p in read_only if not p.startswith(("/usr", "/etc")) and Path(p).exists()}
-    hidden = [] if settings.allow_restricted else [str(p) for p in restricted_datasets(data)]
-    env = {"CXRLAB_PRESET": settings.preset, "CXRLAB_DATA": str(data)}
+    env = {"CXRLAB_PRESET": settings.preset, "CXRLAB_DATA": str(scratch / "data")}   # the writable view
     limits = asdict(settings.limits)
     if limits.get("cpu_seconds") is None:
         limits["cpu_seconds"] = int(settings.timeout * (os.cpu_count() or 1)) + 60
     return sandbox.Job(mode=settings.sandbox_mode, scratch=str(scratch), read_only=sorted(read_only),
-                       hidden=hidden, pythonpath=_package_parents(), env=env,
+                       hidden=[str(p) for p in hidden], pythonpath=_package_parents(), env=env,
                        limits=limits, drop_to_nobody=drop)
 
 
@@ -367,6 +367,7 @@ def _worker_config(course_dir: Path, job: dict[str, Any], settings: Settings, hi
     if not settings.show_hidden:
         feedback += [ClearInstructorHiddenTests, HideHiddenTestTracebacks]
     cfg.GenerateFeedback.preprocessors = feedback + [CSSHTMLHeaderPreprocessor]
+    cfg.HTMLExporter.sanitize_html = True          # a learner's HTML output cannot run script in your browser
     return cfg
 
 

@@ -69,8 +69,12 @@ def spawn_many():
 print("PROBE nproc=" + attempt(spawn_many))
 for p in procs:
     p.kill()
-subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1234.5)"], start_new_session=True)
-subprocess.Popen(["sh", "-c", "(sleep 2345.5 &) ; exit 0"], start_new_session=True)
+    p.wait()
+print("PROBE escaped=" + attempt(lambda: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1234.5)"], start_new_session=True).pid))
+from IPython.display import HTML, display
+display(HTML("<b>bold</b><script>window.PWNED = 1</script>"))
+print("PROBE orphaned=" + attempt(lambda: subprocess.Popen(["sh", "-c", "(sleep 2345.5 &) ; exit 0"],
+                                                            start_new_session=True).wait()))
 """
 LEAK = "total = sum(range(10))\nprint(In[-2])"     # the previous cell (ex1's check) with its hidden tests
 
@@ -219,6 +223,8 @@ def test_nbgrader_log_reaches_the_notebook_log(graded):
 def test_no_kernel_left_running_and_temp_dir_removed(graded):
     psutil = pytest.importorskip("psutil")
     work = graded[4]
+    probe = _probe(graded[2])
+    assert probe["escaped"].isdigit() and probe["orphaned"] == "0"     # both were started
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if str(work) in " ".join(p.info["cmdline"] or [])
                  or {"1234.5", "2345.5"} & set(p.info["cmdline"] or [])
@@ -269,6 +275,7 @@ def test_sandbox_protects_files_secrets_and_hidden_tests(graded):
     assert probe["secret"] == "absent" and "CXRLAB_GRADER_SECRET" not in probe["env"]
     assert probe["hidden-readable"] == "0", probe["hits"]
     assert rows["attacker"]["ch07_tiny total"] == "3"           # the attack cell itself did not break grading
+    assert "<script>window.PWNED" not in _page(out, "attacker")  # learners' HTML is sanitised
 
 
 def test_resource_limits_apply_in_the_kernel(graded):
@@ -349,6 +356,7 @@ def test_without_bubblewrap_env_is_clean_limits_apply_and_processes_die(tmp_path
     assert found["secret"] == "absent" and found["fsize"] == "OSError"
     if os.geteuid() != 0:                                     # root is exempt from RLIMIT_NPROC
         assert found["nproc"] == "BlockingIOError"
+    assert found["escaped"].isdigit() and found["orphaned"] == "0"
     assert not [p for p in psutil.process_iter(["cmdline"]) if {"1234.5", "2345.5"} & set(p.info["cmdline"] or [])
                 or "time.sleep(1234.5)" in " ".join(p.info["cmdline"] or [])]
 

@@ -79,3 +79,21 @@ def test_check_command_reports_a_working_bubblewrap():
     out = subprocess.run([sys.executable, "-m", "cxrlab.coursetools.sandbox", "check"], capture_output=True,
                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.returncode == 0 and "bubblewrap works" in out.stdout
+
+
+def test_the_data_view_is_writable_but_the_data_folder_is_not_changed(tmp_path):
+    data = tmp_path / "data"
+    models = data / "synthetic" / "demo" / "models"
+    models.mkdir(parents=True)
+    (models / "race.pt").write_bytes(b"instructor's model")
+    (data / "synthetic" / "demo" / "manifest.csv").write_text("image_id\n")
+    (data / "chexpert" / "real").mkdir(parents=True)
+    view = sandbox.mirror_data(data, tmp_path / "view", skip=[(data / "chexpert" / "real").resolve()])
+    assert (view / "synthetic" / "demo" / "manifest.csv").read_text() == "image_id\n"
+    planted = view / "synthetic" / "demo" / "models" / "race.pt.tmp"
+    planted.write_bytes(b"learner's model")
+    os.replace(planted, view / "synthetic" / "demo" / "models" / "race.pt")   # how the store saves
+    (view / "synthetic" / "demo" / "cache").mkdir()
+    assert (models / "race.pt").read_bytes() == b"instructor's model"
+    assert not (data / "synthetic" / "demo" / "cache").exists()
+    assert not (view / "chexpert" / "real").exists()

@@ -135,6 +135,7 @@ def bwrap_argv(job: Job, kernel_argv: list[str]) -> list[str]:
     """The full bubblewrap command line that runs ``kernel_argv`` as described in the module doc."""
     argv = [shutil.which("bwrap") or "bwrap", *_namespace_args(),
             "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm",
             "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     for link in ("bin", "lib", "lib64", "sbin"):
         target = Path("/") / link
@@ -190,13 +191,49 @@ def kernel_env(job: Job) -> dict[str, str]:
     return env
 
 
-def prepare_scratch(scratch: Path, notebook: Path | None, drop_to_nobody: bool) -> Path:
-    """Create the job's writable folder (``home/`` with a copy of the submission, ``tmp/``)."""
+WRITABLE_DATA_DIRS = ("cache", "models")
+
+
+def mirror_data(data: Path, target: Path, skip: list[Path]) -> Path:
+    """A writable view of the data folder: real folders down to each dataset, links to the rest.
+
+    Inside a dataset, ``cache/`` and ``models/`` are real folders of links, so a kernel can add an
+    image cache or train a missing model (into its scratch, thrown away afterwards) while every
+    existing file is read, read-only, from the data folder; no learner can replace a cached model
+    that the next learner would load. ``skip``: datasets left out (restricted ones).
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    for source in sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []:
+        for dataset in sorted(p for p in source.iterdir()):
+            if dataset.resolve() in skip:
+                continue
+            mirror = target / source.name / dataset.name
+            if not dataset.is_dir():
+                mirror.parent.mkdir(parents=True, exist_ok=True)
+                mirror.symlink_to(dataset.resolve())
+                continue
+            mirror.mkdir(parents=True)
+            for entry in sorted(dataset.iterdir()):
+                if entry.name in WRITABLE_DATA_DIRS and entry.is_dir():
+                    (mirror / entry.name).mkdir()
+                    for item in entry.iterdir():
+                        (mirror / entry.name / item.name).symlink_to(item.resolve())
+                else:
+                    (mirror / entry.name).symlink_to(entry.resolve())
+    return target
+
+
+def prepare_scratch(scratch: Path, notebook: Path | None, drop_to_nobody: bool,
+                    data: Path | None = None, skip: list[Path] | None = None) -> Path:
+    """Create the job's writable folder (``home/`` with a copy of the submission, ``tmp/``, and a
+    writable view of the data folder in ``data/`` when ``data`` is given)."""
     home = scratch / "home"
     for sub in (home, scratch / "tmp", home / ".ipython", home / ".matplotlib"):
         sub.mkdir(parents=True, exist_ok=True)
     if notebook is not None:
         shutil.copyfile(notebook, home / notebook.name)
+    if data is not None:
+        mirror_data(data, scratch / "data", skip or [])
     if drop_to_nobody:
         for path in [scratch, *scratch.rglob("*")]:
             os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
