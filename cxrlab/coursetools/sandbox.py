@@ -13,7 +13,8 @@ kernel, either wrapped in bubblewrap (``mode="bwrap"``) or directly (``mode="non
   with read-only binds of the system (``/usr``, ``/etc``), the Python installation, the course's
   own packages (``cxrlab``, ``data_fetch``; never ``solutions/``) and the data folder (restricted
   datasets hidden unless allowed), plus one writable folder: the job's scratch copy of the
-  submission (HOME and working directory). ``/tmp`` is a small private tmpfs. The kernel talks
+  submission (HOME and working directory) and a writable view of the data folder
+  (:func:`mirror_data`; ``CXRLAB_DATA`` points there). ``/tmp`` is a small private tmpfs. The kernel talks
   to the grader through Unix sockets in that folder (the network namespace has no route out).
   ``--die-with-parent`` and the PID namespace mean every process the notebook started, even one
   in a session of its own, dies with the kernel. When the grader runs as root the kernel drops
