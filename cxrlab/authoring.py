@@ -193,7 +193,7 @@ def convention_warnings(nb: NotebookNode, name: str) -> list[str]:
     return warnings + hidden_test_problems(nb, name)
 
 
-_HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n(.*?)(?:^[ \t]*### END HIDDEN TESTS[ \t]*$|\Z)",
+_HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n(.*?)(?:^[ \t]*### END HIDDEN TESTS[ \t]*\n?|\Z)",
                            flags=re.S | re.M)
 #: Calls whose result is a plain built-in value whatever the learner's object does.
 PLAIN_CONVERSIONS = frozenset({"float", "int", "str", "bool", "len", "round", "isinstance", "type", "callable"})
@@ -205,12 +205,12 @@ def hidden_test_block(source: str) -> str:
 
 
 def remove_hidden_tests(source: str) -> str:
-    """``source`` without its hidden-test blocks; an unterminated block runs to the end.
+    r"""``source`` without its hidden-test blocks; an unterminated block runs to the end.
 
     >>> remove_hidden_tests("a = 1\n### BEGIN HIDDEN TESTS\nassert a\n### END HIDDEN TESTS\nb = 2")
     'a = 1\nb = 2'
     """
-    return _HIDDEN_BLOCK.sub("", source).replace("\n\n", "\n").strip("\n")
+    return _HIDDEN_BLOCK.sub("", source).rstrip("\n")
 
 
 def _bound_names(tree: "ast.AST") -> set[str]:
