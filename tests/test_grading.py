@@ -323,7 +323,7 @@ def test_manual_sheet_summary_and_canvas(graded):
     assert summary["ch07-ex2-check"]["submitted"] == str(len(LEARNERS) - 1)   # all but the cheater
     assert summary["ch09-ex1-check"]["pass_rate"] == "0.50"
     md = (out / "summary.md").read_text()
-    assert "| ch07_tiny | 6 | 12 |" in md
+    assert "| ch07_tiny | 6 | 11 | 7 | 2 | 2 |" in md            # max, submitted, ok, timeouts, errors
     canvas = list(csv.reader((out / "canvas.csv").open()))
     assert canvas[0][:5] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
     assert canvas[1][0].strip() == "Points Possible" and canvas[1][5:] == ["6", "3"]
