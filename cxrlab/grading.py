@@ -207,6 +207,17 @@ def _package_parents() -> list[str]:
     return sorted({str(p.parent) for p in _package_dirs()})
 
 
+def kernel_python() -> str:
+    """This interpreter by a path that exists inside the sandbox (symlinked folders resolved).
+
+    ``.venv`` may be a link to a virtual environment elsewhere; the sandbox binds real paths.
+    """
+    exe, prefix = Path(sys.executable), Path(sys.prefix)
+    if exe.is_relative_to(prefix):
+        return str(prefix.resolve() / exe.relative_to(prefix))
+    return str(exe.resolve())
+
+
 def _sandbox_job(job_dir: Path, notebook: Path, settings: Settings) -> sandbox.Job:
     """The sandbox description of one job: what the kernel may read, and its scratch folder."""
     from data_fetch.paths import data_root
@@ -223,7 +234,8 @@ def _sandbox_job(job_dir: Path, notebook: Path, settings: Settings) -> sandbox.J
     limits = asdict(settings.limits)
     if limits.get("cpu_seconds") is None:
         limits["cpu_seconds"] = int(settings.timeout * (os.cpu_count() or 1)) + 60
-    return sandbox.Job(mode=settings.sandbox_mode, scratch=str(scratch), read_only=sorted(read_only),
+    return sandbox.Job(mode=settings.sandbox_mode, scratch=str(scratch), python=kernel_python(),
+                       read_only=sorted(read_only),
                        hidden=[str(p) for p in hidden], pythonpath=_package_parents(), env=env,
                        limits=limits, drop_to_nobody=drop)
 

@@ -418,6 +418,15 @@ def test_writes_nothing_in_the_submissions(graded):
     assert len(names) == len(LEARNERS) + 2 and all(n.endswith(".ipynb") for n in names)
 
 
+def test_the_kernel_python_is_named_by_a_real_path(tmp_path, monkeypatch):
+    """A `.venv` that is a link (as in a course checkout) must not reach the sandbox by its link."""
+    venv = Path(sys.prefix).resolve()
+    (tmp_path / ".venv").symlink_to(venv)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / ".venv"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+    assert grading.kernel_python() == str(venv / "bin" / "python")
+
+
 def test_missing_chapters_and_bad_folders(tmp_path):
     make_solution_notebook(tmp_path / "solutions" / "ch07_tiny.ipynb")
     make_solution_notebook(tmp_path / "solutions" / "ch08_more.ipynb", chapter="ch08")

@@ -281,6 +281,8 @@ def apply_limits(limits: dict[str, int | None], uid: int) -> None:
 def launch(job_path: Path, connection_file: Path) -> None:
     """Start the kernel for ``job_path`` (never returns: the process becomes the kernel)."""
     job = Job(**json.loads(Path(job_path).read_text()))
+    if not Path(job.python).exists():
+        sys.exit(f"cxrlab sandbox: no Python interpreter at {job.python}; the kernel cannot start")
     scratch = Path(job.scratch)
     connection = scratch / "kernel-connection.json"          # a copy the sandbox's user can read
     shutil.copyfile(connection_file, connection)
