@@ -26,7 +26,6 @@ from data_fetch.manifest import finding_columns, read_card, read_manifest
 from data_fetch.paths import data_root
 
 REAL_SOURCES = ("nih", "covid19_ar", "chexpert", "mimic")
-
 BINARY_TARGETS = {"sex": ("sex", ["F", "M"]), "no_finding": ("no_finding", ["finding", "no finding"])}
 FETCH_HINTS = {
     "nih": "python -m data_fetch nih --max-images 2000      (open; first archive, 2 GB)",
