@@ -53,8 +53,8 @@ test-notebooks:
 chapters:  ## regenerate chapters/ (learner copies) from solutions/
 	$(PY) -m cxrlab.authoring generate
 
-grade:  ## grade learners' notebooks: make grade SUBMISSIONS=path/to/folder
-	$(PY) -m cxrlab.grading $(SUBMISSIONS)
+grade:  ## grade learners' notebooks: make grade SUBMISSIONS=path/to/folder [TIMEOUT=s] [JOBS=n]
+	$(PY) -m cxrlab.grading $(SUBMISSIONS) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(JOBS),--jobs $(JOBS))
 
 bench:
 	$(PY) bench/run_course_bench.py

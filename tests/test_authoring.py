@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from cxrlab import authoring
@@ -205,3 +206,70 @@ def test_real_solutions_follow_the_exercise_conventions():
             if meta.get("grade") and not meta.get("points"):
                 problems.append(f"{path.name}: graded cell {gid} has no points")
     assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------ hidden tests compare plain values
+def _with_hidden(hidden: str, answer: str = "### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION") -> NotebookNode:
+    cells = [new_code_cell(answer, metadata=_nbg("ch09-ex1-answer", solution=True, grade=False, locked=False)),
+             new_code_cell("assert answer == 42\n### BEGIN HIDDEN TESTS\n" + hidden + "\n### END HIDDEN TESTS",
+                           metadata=_nbg("ch09-ex1-check", solution=False, grade=True, locked=True, points=1))]
+    return new_notebook(cells=cells)
+
+
+@pytest.mark.parametrize("hidden, flagged", [
+    ("assert answer == 42", ["answer"]),
+    ("assert 42 != answer", ["answer"]),
+    ("_a = answer.values\nassert _a[0] == 42", ["_a"]),                   # computed from the answer
+    ("assert f(3) == 9", ["f"]),                                           # a learner's function's result
+    ("assert int(answer) == 42 and type(answer) is int", []),
+    ("assert float(answer) == 42.0", []),
+    ("assert len(answer) == 2 and str(answer) == '42'", []),
+    ("assert np.asarray(answer, dtype=float).tolist() == [42.0]", []),
+    ("assert set(map(str, answer)) == {'a'}", []),
+    ("assert (answer is None) == False", []),
+    ("assert other == 42", []),                                            # not a learner name
+])
+def test_hidden_tests_comparing_learner_values_with_eq_are_flagged(hidden, flagged):
+    answer = "### BEGIN SOLUTION\nanswer = 42\ndef f(x):\n    return x * x\n### END SOLUTION"
+    problems = authoring.hidden_test_problems(_with_hidden(hidden, answer), "ch09.ipynb")
+    assert [p.split(" compares ")[1].split(" with")[0] for p in problems] == flagged
+    if flagged:
+        assert "ch09-ex1-check" in problems[0] and "float(" in problems[0]
+
+
+def test_check_hidden_tests_command_and_visible_checks_are_not_flagged(tmp_path):
+    nbformat.write(_with_hidden("assert type(answer) is int"), tmp_path / "good.ipynb")
+    assert authoring.main(["check-hidden-tests", str(tmp_path)]) == 0     # the visible `answer == 42` is fine
+    nbformat.write(_with_hidden("assert answer == 42"), tmp_path / "bad.ipynb")
+    assert authoring.main(["check-hidden-tests", str(tmp_path)]) == 1
+    assert any("compares answer" in w for w in authoring.convention_warnings(
+        nbformat.read(tmp_path / "bad.ipynb", as_version=4), "bad"))
+
+
+def test_remove_hidden_tests_tolerates_learner_text():
+    assert authoring.remove_hidden_tests("x = 1  # ### BEGIN HIDDEN TESTS in a comment") == \
+        "x = 1  # ### BEGIN HIDDEN TESTS in a comment"
+    assert authoring.remove_hidden_tests("a\n### BEGIN HIDDEN TESTS\nsecret") == "a"   # unterminated
+    assert authoring.hidden_test_block("a\n### BEGIN HIDDEN TESTS\nb\n### END HIDDEN TESTS\n") == "b"
+
+
+def test_install_hook_refuses_commits_of_notebooks_with_outputs(tmp_path):
+    import shutil
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    assert authoring.main(["install-hook", "--repo", str(repo)]) == 0
+    dirty = new_notebook(cells=[new_code_cell("1", execution_count=1,
+                                              outputs=[new_output("stream", name="stdout", text="row 1\n")])])
+    nbformat.write(dirty, repo / "nb.ipynb")
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([*git, "add", "nb.ipynb"], check=True)
+    refused = subprocess.run([*git, "commit", "-qm", "dirty"], capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "nb.ipynb" in refused.stderr
+    assert authoring.main(["strip-outputs", str(repo)]) == 0
+    subprocess.run([*git, "add", "nb.ipynb"], check=True)
+    assert subprocess.run([*git, "commit", "-qm", "clean"], capture_output=True, env=env).returncode == 0

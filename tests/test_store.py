@@ -68,3 +68,34 @@ def test_other_targets_and_filter(session):
     assert "filter" in filtered.key
     with pytest.raises(ValueError, match="train_filter"):
         get_model(session, "race", train_filter=mask[:3], progress=False)
+
+
+class _RunsCode:
+    """Unpickling this object calls ``open(path, "w")``: what a crafted model file would do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_model_file_does_not_run_and_is_rebuilt(session, capsys, tmp_path):
+    import torch
+
+    from cxrlab import store
+    from cxrlab.train import load_checkpoint
+
+    first = store.get_model(session, "race", progress=False)
+    capsys.readouterr()
+    canary = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "n_images": len(session.manifest), "payload": _RunsCode(canary)}, first.path)
+    with pytest.raises(Exception, match="(?i)weights only"):
+        load_checkpoint(first.path)
+    assert not canary.exists()
+    again = store.get_model(session, "race", progress=False)
+    out = capsys.readouterr().out
+    assert not canary.exists(), "loading the crafted file ran its code"
+    assert "could not be used" in out and "could run code" in out and "training race model" in out
+    np.testing.assert_allclose(again.test_proba, first.test_proba, atol=1e-5)
+    assert "payload" not in load_checkpoint(again.path)       # the rebuilt entry is a plain one

@@ -26,7 +26,7 @@ def test_one_epoch_saves_and_restores_best(tmp_path):
                   task="multiclass", checkpoint=ckpt, progress=False)
     assert ckpt.exists() and history.best_epoch == 1 and len(history.epochs) == 1
     assert {"train_loss", "val_loss", "val_auc", "seconds"} <= set(history.epochs[0])
-    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, saved[name])
     proba = predict(model, images, device="cpu")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.restricted import note_restricted_data
 from cxrlab.presets import Preset, get_preset
 from cxrlab.core.targets import TARGETS, Target, target_spec
 from cxrlab.train import pick_device, seed_everything
@@ -251,8 +252,11 @@ def setup(
     from cxrlab.cache import load_image_cache
 
     images = load_image_cache(manifest, chosen.image_size, folder / "cache", progress=progress)
+    card = read_card(folder)
+    if card.get("restricted"):
+        note_restricted_data(folder)
     session = Session(manifest=manifest, images=images, classes=_race_classes(manifest),
                       device=str(pick_device(device)), preset=chosen, source=source,
-                      seed=int(seed), data_dir=folder, card=read_card(folder))
+                      seed=int(seed), data_dir=folder, card=card)
     print(session.describe())
     return session

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import time
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from torch import nn
 from cxrlab.core.targets import target_spec, task_spec
 from cxrlab.datasets import CXRDataset
 from cxrlab.models import build_model
-from cxrlab.train import History, fit, predict, release_unused_memory, save_checkpoint, seed_everything
+from cxrlab.train import (History, fit, load_checkpoint, predict, release_unused_memory, save_checkpoint,
+                          seed_everything)
 
 # Training images per second on 2 CPU cores at 64 px, augmentation included (bench/README.md,
 # 2026-11-28, channels-last models); scaled by pixel count.
@@ -118,9 +120,14 @@ def predict_rows(model: nn.Module, images: np.ndarray, rows: np.ndarray,
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
-def _load(path: Path, session, device: str) -> dict[str, Any]:
-    saved = torch.load(path, map_location=device, weights_only=False)
-    if saved.get("n_images") != len(session.manifest):
+def _load(path: Path, session) -> dict[str, Any]:
+    """Read a stored model safely (tensors and plain values only; see ``load_checkpoint``)."""
+    try:
+        saved = load_checkpoint(path, "cpu")
+    except pickle.UnpicklingError as error:
+        raise ValueError("it holds more than tensors and plain values, so it was not loaded "
+                         f"(it could run code): {str(error).splitlines()[0][:120]}") from None
+    if not isinstance(saved, dict) or saved.get("n_images") != len(session.manifest):
         raise ValueError("stored model was trained on a different manifest")
     return saved
 
@@ -199,7 +206,7 @@ def get_model(
     saved = None
     if path.exists() and not force:
         try:
-            saved = _load(path, session, session.device)
+            saved = _load(path, session)
             print(f"loaded from cache: {key}")
         except Exception as error:  # noqa: BLE001 - a stale or broken file is retrained
             print(f"stored model {path.name} could not be used ({error}); training again")

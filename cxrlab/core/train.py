@@ -205,13 +205,43 @@ def _improved(value: float, best: float | None, monitor: str) -> bool:
     return value > best if monitor == "val_auc" else value < best
 
 
+def checkpoint_safe(value: Any) -> Any:
+    """``value`` with NumPy arrays as tensors and NumPy scalars as Python numbers.
+
+    What :func:`load_checkpoint` can read back with ``weights_only=True`` (tensors, dicts,
+    lists, tuples, strings, numbers, None), so no checkpoint needs the unsafe unpickler.
+
+    >>> checkpoint_safe({"a": np.float64(0.5), "b": np.arange(2)})
+    {'a': 0.5, 'b': tensor([0, 1])}
+    """
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value).copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: checkpoint_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(checkpoint_safe(v) for v in value)
+    return value
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then rename (a crash never leaves half a file)."""
+    """``torch.save`` plain values (:func:`checkpoint_safe`) to a temporary file, then rename
+    (a crash never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
+    torch.save(checkpoint_safe(state), tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain values only.
+
+    A file whose unpickling would import or call anything else (a crafted ``.pt`` can run code
+    with ``weights_only=False``) raises ``pickle.UnpicklingError`` instead of running it.
+    """
+    return torch.load(path, map_location=device, weights_only=True)
 
 
 def _validation_batch_size(val_ds: Dataset, batch_size: int) -> int:
@@ -326,7 +356,7 @@ def _epoch_line(record: dict[str, float], best: bool) -> str:
 
 def _restore_best(model, checkpoint, best_state, device) -> None:
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)["state_dict"]
+        state = load_checkpoint(checkpoint, device)["state_dict"]
         model.load_state_dict(state)
     elif best_state is not None:
         model.load_state_dict(best_state)

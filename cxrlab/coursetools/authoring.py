@@ -6,6 +6,8 @@
     python -m cxrlab.authoring generate --check   # exit 1 if they differ from what generate writes
     python -m cxrlab.authoring strip-outputs solutions chapters
     python -m cxrlab.authoring check-clean solutions chapters
+    python -m cxrlab.authoring check-hidden-tests solutions   # no `answer == expected` in hidden tests
+    python -m cxrlab.authoring install-hook                   # git pre-commit hook running check-clean
 
 How it works (and why through nbgrader's own converter). ``generate`` copies the solution
 notebooks into a temporary nbgrader course directory (``source/<chapter>/<chapter>.ipynb``)
@@ -188,7 +190,116 @@ def convention_warnings(nb: NotebookNode, name: str) -> list[str]:
     for answer in sorted(a for a in answers if a):
         if answer.endswith("-answer") and answer[: -len("answer")] + "check" not in checks:
             warnings.append(f"{name}: {answer} has no graded check cell {answer[:-6]}check")
-    return warnings
+    return warnings + hidden_test_problems(nb, name)
+
+
+_HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n(.*?)(?:^[ \t]*### END HIDDEN TESTS[ \t]*\n?|\Z)",
+                           flags=re.S | re.M)
+#: Calls whose result is a plain built-in value whatever the learner's object does.
+PLAIN_CONVERSIONS = frozenset({"float", "int", "str", "bool", "len", "round", "isinstance", "type", "callable"})
+
+
+def hidden_test_block(source: str) -> str:
+    """The text between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` (all blocks)."""
+    return "\n".join(m.group(1).rstrip("\n") for m in _HIDDEN_BLOCK.finditer(source))
+
+
+def remove_hidden_tests(source: str) -> str:
+    r"""``source`` without its hidden-test blocks; an unterminated block runs to the end.
+
+    >>> remove_hidden_tests("a = 1\n### BEGIN HIDDEN TESTS\nassert a\n### END HIDDEN TESTS\nb = 2")
+    'a = 1\nb = 2'
+    """
+    return _HIDDEN_BLOCK.sub("", source).rstrip("\n")
+
+
+def _bound_names(tree: "ast.AST") -> set[str]:
+    """Names a cell binds at its top level (assignments, defs, classes, loops, imports)."""
+    import ast
+
+    names: set[str] = set()
+    stack = list(getattr(tree, "body", []))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+            continue
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor)):
+            targets = [node.target]
+        for target in targets:
+            names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                stack.append(child)
+    return names
+
+
+def _raw_learner_names(node: "ast.AST", learner: set[str]) -> set[str]:
+    """Learner names used in ``node`` other than through a plain conversion (``float(x)``...)."""
+    import ast
+
+    if isinstance(node, ast.Call):
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if name in PLAIN_CONVERSIONS or (name in ("asarray", "array") and any(k.arg == "dtype" for k in node.keywords)):
+            return set()
+        if name == "map" and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in PLAIN_CONVERSIONS:
+            return set()                                   # map(str, x): plain values
+    if isinstance(node, ast.Compare) and all(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops):
+        return set()                                       # `x is None` is a real bool
+    if isinstance(node, ast.Name):
+        return {node.id} & learner
+    found: set[str] = set()
+    for child in ast.iter_child_nodes(node):
+        found |= _raw_learner_names(child, learner)
+    return found
+
+
+def hidden_test_problems(nb: NotebookNode, name: str) -> list[str]:
+    """Hidden-test lines that compare a learner's value with ``==``/``!=`` as it is.
+
+    A learner's object can define ``__eq__`` to return True, so ``answer == expected`` proves
+    nothing; compare plain values instead (``float(answer)``, ``int(...)``, ``str(...)``,
+    ``len(...)``, ``np.asarray(answer, dtype=float)``, ``type(answer) is int``). The learner's
+    names are those bound by answer cells, and any name a hidden test computes from them.
+    """
+    import ast
+
+    learner: set[str] = set()
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if is_answer_cell(cell):
+            with contextlib.suppress(SyntaxError):
+                learner |= _bound_names(ast.parse(cell.source))
+        if not is_graded_code_cell(cell):
+            continue
+        block = hidden_test_block(cell.source)
+        try:
+            tree = ast.parse(block)
+        except SyntaxError as err:
+            problems.append(f"{name} cell {i}: hidden tests do not parse ({err.msg})")
+            continue
+        tainted = set(learner)
+        for stmt in tree.body:
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and stmt.value is not None \
+                    and _raw_learner_names(stmt.value, tainted):
+                tainted |= _bound_names(ast.Module(body=[stmt], type_ignores=[]))
+            for node in ast.walk(stmt):
+                if not isinstance(node, ast.Compare) or not any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
+                    continue
+                raw = set().union(*(_raw_learner_names(n, tainted) for n in [node.left, *node.comparators]))
+                if raw:
+                    gid = nb_meta(cell).get("grade_id", f"cell {i}")
+                    problems.append(f"{name} {gid}: hidden test line {node.lineno} compares {', '.join(sorted(raw))} "
+                                    f"with ==/!= as it is: `{ast.get_source_segment(block, node)}` "
+                                    "(compare float(...), int(...), str(...), len(...) or np.asarray(..., dtype=float))")
+    return problems
 
 
 # ----------------------------------------------------------------------------- nbgrader
@@ -442,10 +553,41 @@ def _parser() -> argparse.ArgumentParser:
                      help="rubric index to write (default instructors/rubrics.md)")
     gen.add_argument("--no-rubrics", action="store_true", help="do not write or check the rubric index")
     for name, text in (("strip-outputs", "remove outputs and execution counts in place"),
-                       ("check-clean", "exit 1 when a notebook carries outputs")):
+                       ("check-clean", "exit 1 when a notebook carries outputs"),
+                       ("check-hidden-tests", "exit 1 when a hidden test compares a learner's value with ==")):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("paths", nargs="*", default=[str(SOLUTIONS_DIR), str(CHAPTERS_DIR)])
+        cmd.add_argument("paths", nargs="*", default=[str(SOLUTIONS_DIR), str(CHAPTERS_DIR)]
+                         if name != "check-hidden-tests" else [str(SOLUTIONS_DIR)])
+    hook = sub.add_parser("install-hook", help="install a git pre-commit hook that runs check-clean")
+    hook.add_argument("--repo", type=Path, default=Path("."), help="the git checkout (default: here)")
     return parser
+
+
+PRE_COMMIT_HOOK = """#!/bin/sh
+# Installed by `python -m cxrlab.authoring install-hook`: refuse to commit notebooks with outputs
+# (outputs can hold restricted patient data, images and tokens). Strip them with
+#   python -m cxrlab.authoring strip-outputs <notebooks>
+files=$(git diff --cached --name-only --diff-filter=ACM -- '*.ipynb')
+[ -z "$files" ] && exit 0
+exec "{python}" -m cxrlab.authoring check-clean $files
+"""
+
+
+def install_hook(repo: Path) -> Path:
+    """Write ``.git/hooks/pre-commit`` running ``check-clean`` on the notebooks being committed."""
+    git_dir = Path(repo) / ".git"
+    if git_dir.is_file():                      # a worktree: ".git" names the real folder
+        git_dir = (Path(repo) / git_dir.read_text().split(":", 1)[1].strip()).resolve()
+    if not git_dir.is_dir():
+        raise AuthoringError(f"{repo} is not a git checkout (no .git folder)")
+    hook = git_dir / "hooks" / "pre-commit"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    if hook.exists() and "cxrlab.authoring" not in hook.read_text(errors="replace"):
+        raise AuthoringError(f"{hook} exists and is not ours; add this line to it instead:\n"
+                             f"  {sys.executable} -m cxrlab.authoring check-clean <notebooks>")
+    hook.write_text(PRE_COMMIT_HOOK.replace("{python}", sys.executable))
+    hook.chmod(0o755)
+    return hook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,6 +611,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated {len(solution_notebooks(args.solutions))} chapter(s) in {args.chapters}"
               + (f" ({len(drift.changed) + len(drift.missing)} changed)" if drift else " (no change)"))
         return 0
+    if args.command == "install-hook":
+        try:
+            print(f"installed {install_hook(args.repo)}: commits of notebooks with outputs are refused")
+        except AuthoringError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "check-hidden-tests":
+        problems = [p for path in _notebook_paths(args.paths)
+                    for p in hidden_test_problems(nbformat.read(path, as_version=4), path.name)]
+        print("\n".join(problems) or "hidden tests compare plain values.", file=sys.stderr if problems else sys.stdout)
+        return 1 if problems else 0
     if args.command == "check-clean":
         dirty = check_clean(args.paths)
         for path, problems in dirty.items():

@@ -16,7 +16,11 @@ chapter's :func:`cxrlab.results.record` calls land in one file. It writes
 prints one progress line per chapter and a summary table, keeps going past a failing chapter
 and exits non-zero if any chapter failed. Outputs of restricted sources (MIMIC, CheXpert) are
 never written unless ``--allow-restricted`` is given: their data-use agreements forbid sharing
-images or derived outputs, and ``build/`` is easy to publish by accident.
+images or derived outputs, and ``build/`` is easy to publish by accident. Two guards: a chapter
+whose parameters cell names a restricted source is refused before it runs, and a chapter whose
+kernel *loaded* a restricted dataset (its data card says ``restricted``; the session writes the
+file named by ``CXRLAB_RESTRICTED_MARKER``), however it chose the source, runs but has its
+executed notebook and HTML withheld; its ``results.json`` numbers are kept.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import nbformat
 
 from cxrlab.results import merge_into_json
 from data_fetch.sources import RESTRICTED_SOURCES
+from cxrlab.core import restricted
 
 RESULTS_SECTION = "course"
 DEFAULT_PATTERN = "ch*.ipynb"
@@ -157,13 +162,23 @@ def run_chapter(path: Path, out: Path, *, preset: str, source: str | None = None
                           "and keep the build private")
     inject_parameters(nb, params)
     results_path = (out / "results.json").resolve()
+    marker = out.resolve() / f".restricted-{chapter}"
+    marker.unlink(missing_ok=True)
     env = {**os.environ, "CXRLAB_PRESET": preset, "CXRLAB_RESULTS": str(results_path),
            **({"CXRLAB_SOURCE": effective_source} if effective_source else {}),
+           restricted.MARKER_ENV: str(marker),
            # figures must reach the outputs (and the HTML), even when the caller set Agg
            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     start = time.perf_counter()
     error = _execute(nb, path.parent.resolve(), env, timeout, kernel)
     seconds = round(time.perf_counter() - start, 1)
+    loaded = restricted.loaded(marker)
+    marker.unlink(missing_ok=True)
+    if loaded and not allow_restricted:
+        return ChapterRun(chapter, "refused", seconds, effective_source,
+                          f"the chapter loaded restricted data ({', '.join(loaded)}): its "
+                          "notebook and HTML were not written (results.json keeps its numbers); rerun "
+                          "with --allow-restricted and keep the build private")
     nb_path = out / "notebooks" / path.name
     nb_path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, nb_path)
