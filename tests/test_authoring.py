@@ -11,7 +11,7 @@ import pytest
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from cxrlab import authoring
+from cxrlab.coursetools import authoring
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def test_chapters_match_solutions():
     """Fails when chapters/ (or instructors/rubrics.md) differs from what generate would write."""
     if not authoring.solution_notebooks(REPO / "solutions"):
         pytest.skip("no solution notebooks yet")
-    proc = subprocess.run([sys.executable, "-m", "cxrlab.authoring", "generate", "--check"],
+    proc = subprocess.run([sys.executable, "-m", "cxrlab.coursetools.authoring", "generate", "--check"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from cxrlab import course
+from cxrlab.coursetools import runner as course
 
 pytestmark = pytest.mark.slow  # starts real kernels (a few seconds)
 

@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from cxrlab import authoring, grading
+from cxrlab.coursetools import authoring, grading
 from cxrlab.coursetools import gradebook as book
 from cxrlab.coursetools import sandbox as sandboxing
 from tests.test_authoring import _nbg, make_solution_notebook
@@ -216,7 +216,7 @@ def test_errors_name_their_cause(graded):
 def test_nbgrader_log_reaches_the_notebook_log(graded):
     out = graded[2]
     log = (out / "logs" / "solution" / "ch07_tiny.log").read_text()
-    assert "[nbgrader INFO] Autograding" in log and "== cxrlab.grading: solution/ch07_tiny: ok" in log
+    assert "[nbgrader INFO] Autograding" in log and "== cxrlab.coursetools.grading: solution/ch07_tiny: ok" in log
     assert "kernel died" in (out / "logs" / "crasher" / "ch07_tiny.log").read_text()
 
 
@@ -444,10 +444,10 @@ def test_missing_chapters_and_bad_folders(tmp_path):
 
 
 def test_cli_help_and_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cxrlab.grading", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "cxrlab.coursetools.grading", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--timeout" in proc.stdout
     make_solution_notebook(tmp_path / "solutions" / "ch07_tiny.ipynb")
-    proc = subprocess.run([sys.executable, "-m", "cxrlab.grading", str(tmp_path / "nope")],
+    proc = subprocess.run([sys.executable, "-m", "cxrlab.coursetools.grading", str(tmp_path / "nope")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "submissions folder not found" in proc.stderr
 
@@ -509,7 +509,7 @@ def test_every_python_module_command_in_the_guide_accepts_its_options():
     assert len(calls) >= 4
     for module, rest in sorted(calls):
         words = rest.split()
-        sub = [words[0]] if words and not words[0].startswith("-") and module != "cxrlab.grading" else []
+        sub = [words[0]] if words and not words[0].startswith("-") and module != "cxrlab.coursetools.grading" else []
         proc = subprocess.run([sys.executable, "-m", module, *sub, "--help"], cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"python -m {module} {' '.join(sub)} --help: {proc.stderr[-1000:]}"

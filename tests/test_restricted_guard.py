@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from cxrlab import course
+from cxrlab.coursetools import runner as course
 from cxrlab.core import restricted
 from tests.test_session import write_fake_dataset
 
@@ -24,7 +24,7 @@ def restricted_dataset(tmp_path, monkeypatch) -> Path:
 
 
 def test_setup_marks_the_kernel_that_loaded_restricted_data(restricted_dataset, tmp_path, monkeypatch):
-    from cxrlab.session import setup
+    from cxrlab.core.session import setup
 
     marker = tmp_path / "marker"
     monkeypatch.setenv(restricted.MARKER_ENV, str(marker))

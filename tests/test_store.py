@@ -6,14 +6,14 @@ import pytest
 
 from tests.test_session import write_fake_dataset
 
-from cxrlab import presets
+from cxrlab.core import presets
 
 TINY = presets.Preset("tiny", 16, 10, 100, "smallcnn", False, 2, 8, 1, 5e-3, 20)
 
 
 @pytest.fixture
 def session(tmp_path, monkeypatch):
-    from cxrlab.session import setup
+    from cxrlab.core.session import setup
 
     monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
     monkeypatch.delenv("CXRLAB_PRESET", raising=False)
@@ -23,7 +23,7 @@ def session(tmp_path, monkeypatch):
 
 
 def test_second_call_loads_without_training(session, capsys, monkeypatch):
-    from cxrlab import store
+    from cxrlab.core import store
 
     first = store.get_model(session, "race", progress=False)
     out = capsys.readouterr().out
@@ -47,7 +47,7 @@ def test_second_call_loads_without_training(session, capsys, monkeypatch):
 
 
 def test_keys_separate_targets_variants_and_filters(session):
-    from cxrlab.store import model_key
+    from cxrlab.core.store import model_key
 
     base = model_key(session, "race")
     assert base == "synthetic-fake-tiny-seed0-race-clean"
@@ -57,7 +57,7 @@ def test_keys_separate_targets_variants_and_filters(session):
 
 
 def test_other_targets_and_filter(session):
-    from cxrlab.store import get_model
+    from cxrlab.core.store import get_model
 
     sex = get_model(session, "sex", progress=False)
     assert sex.task == "binary" and sex.test_proba.ndim == 1
@@ -83,8 +83,8 @@ class _RunsCode:
 def test_a_crafted_model_file_does_not_run_and_is_rebuilt(session, capsys, tmp_path):
     import torch
 
-    from cxrlab import store
-    from cxrlab.train import load_checkpoint
+    from cxrlab.core import store
+    from cxrlab.core.train import load_checkpoint
 
     first = store.get_model(session, "race", progress=False)
     capsys.readouterr()

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxrlab.datasets import CXRDataset
-from cxrlab.models import build_model
-from cxrlab.train import History, fit, predict, seed_everything
+from cxrlab.core.datasets import CXRDataset
+from cxrlab.core.models import build_model
+from cxrlab.core.train import History, fit, predict, seed_everything
 
 
 def _data(n=48, size=16, seed=0):
@@ -35,7 +35,7 @@ def test_one_epoch_saves_and_restores_best(tmp_path):
 
 
 def test_early_stopping_restores_best_epoch(tmp_path, monkeypatch):
-    import cxrlab.train as train
+    import cxrlab.core.train as train
 
     images, y = _data()
     losses = iter([0.5, 0.3, 0.4, 0.45, 0.2])
@@ -106,7 +106,7 @@ def test_history_round_trip_and_plot():
 
 def test_inference_batches_follow_a_pixel_budget(monkeypatch):
     """Big images are predicted in smaller batches (memory), with the same predictions."""
-    from cxrlab import models
+    from cxrlab.core import models
 
     assert models.inference_batch_size(256, np.zeros((3, 64, 64))) == 64
     assert models.inference_batch_size(256, np.zeros((3, 128, 128))) == 16
@@ -127,7 +127,7 @@ def test_inference_batches_follow_a_pixel_budget(monkeypatch):
 
 
 def test_dataset_transform_runs_once_per_batch_during_fit():
-    from cxrlab import degrade
+    from cxrlab.toolbox import degrade
 
     images, y = _data(n=40)
     calls = []
@@ -151,7 +151,7 @@ def test_release_unused_memory_returns_freed_heap_to_the_os():
     psutil = pytest.importorskip("psutil")
     import platform
 
-    from cxrlab.train import release_unused_memory
+    from cxrlab.core.train import release_unused_memory
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("malloc_trim is glibc's")

@@ -2,7 +2,7 @@
 
 MIMIC-CXR and CheXpert come with data-use agreements that forbid sharing images or rows. The
 course runner (``make course``) and the grader (``make grade``) set ``CXRLAB_RESTRICTED_MARKER``
-to a file path before they start a kernel; :func:`cxrlab.session.setup` calls
+to a file path before they start a kernel; :func:`cxrlab.core.session.setup` calls
 :func:`note_restricted_data` when the dataset it loads has ``"restricted": true`` in its data
 card, whatever the notebook's ``SOURCE`` says. Afterwards the runner asks :func:`loaded` and
 withholds the executed notebook, HTML and feedback outputs (numbers in ``results.json`` stay).

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.core.restricted import note_restricted_data
-from cxrlab.presets import Preset, get_preset
+from cxrlab.core.presets import Preset, get_preset
 from cxrlab.core.targets import TARGETS, Target, target_spec
-from cxrlab.train import pick_device, seed_everything
+from cxrlab.core.train import pick_device, seed_everything
 from data_fetch.manifest import finding_columns, read_card, read_manifest
 from data_fetch.paths import data_root
 from data_fetch.sources import TRACKS as SOURCES
@@ -249,7 +249,7 @@ def setup(
     manifest = read_manifest(folder)
     if source != "synthetic":
         manifest = cap_patients(manifest, chosen.max_images)
-    from cxrlab.cache import load_image_cache
+    from cxrlab.core.cache import load_image_cache
 
     images = load_image_cache(manifest, chosen.image_size, folder / "cache", progress=progress)
     card = read_card(folder)

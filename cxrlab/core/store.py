@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from cxrlab.core.targets import target_spec, task_spec
-from cxrlab.datasets import CXRDataset
-from cxrlab.models import build_model
-from cxrlab.train import (History, fit, load_checkpoint, predict, release_unused_memory, save_checkpoint,
+from cxrlab.core.datasets import CXRDataset
+from cxrlab.core.models import build_model
+from cxrlab.core.train import (History, fit, load_checkpoint, predict, release_unused_memory, save_checkpoint,
                           seed_everything)
 
 # Training images per second on 2 CPU cores at 64 px, augmentation included (bench/README.md,
@@ -113,7 +113,7 @@ def estimate_seconds(arch: str, image_size: int, n_images: int, epochs: int,
 
 def predict_rows(model: nn.Module, images: np.ndarray, rows: np.ndarray,
                  chunk: int = 4096, **kwargs: Any) -> np.ndarray:
-    """:func:`cxrlab.train.predict` on ``images[rows]``, reading the memmap chunk by chunk
+    """:func:`cxrlab.core.train.predict` on ``images[rows]``, reading the memmap chunk by chunk
     (a full-preset test split would not fit in memory at once)."""
     parts = [predict(model, images[rows[i:i + chunk]], **kwargs)
              for i in range(0, len(rows), chunk)]

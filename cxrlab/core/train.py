@@ -101,8 +101,8 @@ class History:
         return cls(**data)
 
     def plot(self, ax=None):
-        """Loss and the validation metric per epoch (see :func:`cxrlab.plots.plot_history`)."""
-        from cxrlab.plots import plot_history
+        """Loss and the validation metric per epoch (see :func:`cxrlab.core.plots.plot_history`)."""
+        from cxrlab.core.plots import plot_history
 
         return plot_history(self, ax=ax)
 
@@ -150,7 +150,7 @@ def _is_regression(task: str) -> bool:
 
 
 def _validation_metric(task: str, y: np.ndarray, pred: np.ndarray) -> tuple[str, float]:
-    from cxrlab.metrics import macro_auc
+    from cxrlab.core.metrics import macro_auc
 
     if _is_regression(task):
         return "val_mae", float(np.mean(np.abs(pred - y)))
@@ -246,7 +246,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 def _validation_batch_size(val_ds: Dataset, batch_size: int) -> int:
     """At least the training batch, at most 128 images or the inference pixel budget."""
-    from cxrlab.models import inference_batch_size
+    from cxrlab.core.models import inference_batch_size
 
     if len(val_ds) == 0:
         return max(batch_size, 128)
@@ -380,7 +380,7 @@ def predict(
     ``model.task`` (set by :func:`fit`). ``transform`` is applied to each float batch
     ``(B, 1, H, W)`` (e.g. a chapter-4 degradation at test time), so one FFT serves a batch.
     """
-    from cxrlab.models import image_batches, inference_batch_size
+    from cxrlab.core.models import image_batches, inference_batch_size
 
     batch_size = inference_batch_size(batch_size, images)
     task = task or getattr(model, "task", "multiclass")

@@ -16,7 +16,7 @@ explicit ``traitlets`` config: every folder and the SQLite gradebook live in tha
 directory, no ``nbgrader_config.py`` from the user's machine is read, nothing touches the
 network. Going through the converter, rather than calling nbgrader's preprocessors one by
 one, keeps the learner copy byte-for-byte what nbgrader's autograder expects: the same cell
-locking, checksums and metadata validation that :mod:`cxrlab.grading` relies on when it
+locking, checksums and metadata validation that :mod:`cxrlab.coursetools.grading` relies on when it
 runs ``GenerateAssignment`` + ``Autograde`` on learners' submissions. The converter clears
 outputs, replaces ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` by a stub and removes
 ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS``. We then post-process its output:
@@ -64,7 +64,7 @@ TEXT_STUB = "*Your answer here: double-click this cell to write it.*"
 _GRADE_ID = re.compile(r"^(?P<chapter>ch\d+)-ex(?P<number>\d+)-(?P<role>answer|check)$")
 _VOLATILE_CELL_META = ("execution", "ExecuteTime", "papermill", "scrolled")
 _VOLATILE_NB_META = ("widgets", "papermill", "execution")
-_LOG = logging.getLogger("cxrlab.authoring")
+_LOG = logging.getLogger("cxrlab.coursetools.authoring")
 
 
 class AuthoringError(RuntimeError):
@@ -582,7 +582,7 @@ def install_hook(repo: Path) -> Path:
         raise AuthoringError(f"{repo} is not a git checkout (no .git folder)")
     hook = git_dir / "hooks" / "pre-commit"
     hook.parent.mkdir(parents=True, exist_ok=True)
-    if hook.exists() and "cxrlab.authoring" not in hook.read_text(errors="replace"):
+    if hook.exists() and "cxrlab.coursetools.authoring" not in hook.read_text(errors="replace"):
         raise AuthoringError(f"{hook} exists and is not ours; add this line to it instead:\n"
                              f"  {sys.executable} -m cxrlab.authoring check-clean <notebooks>")
     hook.write_text(PRE_COMMIT_HOOK.replace("{python}", sys.executable))

@@ -1,6 +1,6 @@
 """The grader's records: results that persist between runs, hand marks, and the files it writes.
 
-:mod:`cxrlab.grading` produces one :class:`NotebookResult` per submitted notebook; this module
+:mod:`cxrlab.coursetools.grading` produces one :class:`NotebookResult` per submitted notebook; this module
 keeps them in ``<out>/.grading-state.json`` (so a later run re-grades only what changed), reads
 the points an instructor wrote into ``manual_grading.md``, and writes ``gradebook.csv``,
 ``details.csv``, ``summary.md``/``summary.csv``, ``canvas.csv`` and the manual-grading sheet.

@@ -62,7 +62,7 @@ from nbconvert.preprocessors import Preprocessor
 from tqdm import tqdm
 from traitlets import Bool, List, Unicode
 
-from cxrlab import authoring
+from cxrlab.coursetools import authoring
 from cxrlab.core import restricted
 from cxrlab.coursetools import gradebook as book
 from cxrlab.coursetools import sandbox
@@ -707,7 +707,7 @@ def write_log(worker_log: Path | None, target: Path, result: NotebookResult) -> 
     """Keep nbgrader's and the kernel's messages, followed by the outcome the gradebook shows."""
     target.parent.mkdir(parents=True, exist_ok=True)
     text = worker_log.read_text(errors="replace") if worker_log is not None and worker_log.exists() else ""
-    outcome = [f"== cxrlab.grading: {result.learner}/{result.chapter}: {result.status} "
+    outcome = [f"== cxrlab.coursetools.grading: {result.learner}/{result.chapter}: {result.status} "
                f"({result.seconds:g} s) {result.message}".rstrip()] + [f"== note: {n}" for n in result.notes]
     _write_atomic(target, text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(outcome) + "\n")
 

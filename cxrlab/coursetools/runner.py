@@ -6,7 +6,7 @@ exercises stay unanswered, so a self-learner who runs the course first sees no a
 ``<out>/solutions/``), with the preset injected
 papermill-style (a cell tagged ``injected-parameters`` after the ``parameters`` cell) and in
 the environment (``CXRLAB_PRESET``), and with ``CXRLAB_RESULTS=<out>/results.json`` so each
-chapter's :func:`cxrlab.results.record` calls land in one file. It writes
+chapter's :func:`cxrlab.core.results.record` calls land in one file. It writes
 
 - ``<out>/notebooks/<chapter>.ipynb``: the executed notebooks (with outputs),
 - ``<out>/html/<chapter>.html``: an HTML copy of each (nbconvert),
@@ -35,7 +35,7 @@ from typing import Any
 
 import nbformat
 
-from cxrlab.results import merge_into_json
+from cxrlab.core.results import merge_into_json
 from data_fetch.sources import RESTRICTED_SOURCES
 from cxrlab.core import restricted
 
@@ -106,7 +106,7 @@ def inject_parameters(nb: nbformat.NotebookNode, params: dict[str, Any]) -> nbfo
     if not params:
         return nb
     body = "\n".join(f"{name} = {value!r}" for name, value in params.items())
-    cell = nbformat.v4.new_code_cell(f"# Parameters injected by cxrlab.course\n{body}",
+    cell = nbformat.v4.new_code_cell(f"# Parameters injected by cxrlab.coursetools.runner\n{body}",
                                      metadata={"tags": ["injected-parameters"]})
     where = _parameters_index(nb)
     nb.cells.insert(0 if where is None else where + 1, cell)
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-restricted", action="store_true",
                         help="allow outputs of MIMIC/CheXpert runs (keep that build private)")
     args = parser.parse_args(argv)
-    from cxrlab.presets import PRESETS
+    from cxrlab.core.presets import PRESETS
 
     if args.preset not in PRESETS:
         parser.error(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")

@@ -1,6 +1,6 @@
 """Run a learner's Jupyter kernel in a sandbox: ``bwrap`` when it works, limits and a clean env always.
 
-The grader (:mod:`cxrlab.grading`) runs nbgrader's autograde in its own process, which holds the
+The grader (:mod:`cxrlab.coursetools.grading`) runs nbgrader's autograde in its own process, which holds the
 gradebook and the hidden tests; only the *kernel* that executes the learner's code is started
 through this module. Its kernelspec's ``argv`` is::
 
