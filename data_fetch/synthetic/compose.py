@@ -38,9 +38,9 @@ from data_fetch.synthetic.render import Renderer, SiteLook
 MU_WATER = 0.2            # effective linear attenuation of water at chest-radiograph energies (1/cm)
 LUNG_DENSITY = 0.2        # lung tissue relative to water: what fluid or a grown heart displaces
 SIGNAL_TISSUE = 0.01      # group_signal = 1: modulation sd of 1% of the tissue attenuation
-ELASTIC_SD = 0.07         # patient-specific elastic displacement (image half-widths)
+ELASTIC_SD = 0.045        # patient-specific elastic displacement (image half-widths)
 DRC = 0.5                 # dynamic-range compression of the log image (0 = none)
-VIEW_ZOOM = 0.92          # the image shows the central 92% of the CT's field (margin for warps)
+VIEW_ZOOM = 0.88          # the image shows the central 88% of the CT's field (margin for warps)
 
 
 def _resize_maps(maps: np.ndarray, n: int) -> np.ndarray:
@@ -86,8 +86,8 @@ class CTRenderer(Renderer):
             return self._patient_cache[1]
         n, cfg = self.cfg.image_size, self.cfg
         rng = np.random.default_rng([cfg.seed, 17, key])
-        coarse = rng.normal(0.0, ELASTIC_SD, (2, 4, 4))
-        field = np.stack([ndimage.zoom(c, n / 4, order=3, mode="nearest")[:n, :n] for c in coarse])
+        coarse = rng.normal(0.0, ELASTIC_SD, (2, 3, 3))
+        field = np.stack([ndimage.zoom(c, n / 3, order=3, mode="nearest")[:n, :n] for c in coarse])
         out = {"elastic": field}
         if cfg.group_signal > 0:
             prng = np.random.default_rng([cfg.seed, 7, key])

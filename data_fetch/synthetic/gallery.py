@@ -68,3 +68,42 @@ def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def save_blind_pairs(folder: str | Path, key_path: str | Path, config: SyntheticConfig | None = None,
+                     n: int = 20, size: int = 256, seed: int = 0) -> list[Path]:
+    """Render ``n`` same-study pairs, group signal on and off, for a blinded viewer.
+
+    Each pair is one PNG (``pair_01.png``...) with two images side by side; which side carries
+    the signal is drawn at random and written only to ``key_path`` (JSON, keep it away from
+    the viewer). The two images share the patient, the study and the noise. Chance is n / 2.
+    """
+    import json
+
+    base = (config or SyntheticConfig()).replace(image_size=size, n_patients=max(4 * n, 40))
+    if base.group_signal <= 0:
+        raise ValueError("the pairs need a config whose group_signal is above 0")
+    table = build_table(base)
+    first = table[table["study_index"] == 0].head(n)
+    from data_fetch.synthetic.cohort import make_renderer
+
+    on, off = make_renderer(base), make_renderer(base.replace(group_signal=0.0))
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key, paths = {}, []
+    for k, (idx, row) in enumerate(first.iterrows(), start=1):
+        images = [on.render(row.to_dict(), int(idx))[0], off.render(row.to_dict(), int(idx))[0]]
+        signal_side = "left" if rng.random() < 0.5 else "right"
+        if signal_side == "right":
+            images.reverse()
+        gap = np.full((size, 8), 0, np.uint8)
+        from PIL import Image
+
+        path = folder / f"pair_{k:02d}.png"
+        Image.fromarray(np.hstack([images[0], gap, images[1]])).save(path)
+        key[path.name] = signal_side
+        paths.append(path)
+    Path(key_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(key_path).write_text(json.dumps({"signal_side": key, "config": base.as_dict()}, indent=1))
+    return paths
