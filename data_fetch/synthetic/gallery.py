@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_fetch.synthetic.cohort import build_table
+from data_fetch.synthetic.cohort import build_table, make_renderer
 from data_fetch.synthetic.config import FINDINGS, SyntheticConfig
-from data_fetch.synthetic.render import Renderer
 
 
 def pick_examples(table: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -51,7 +50,7 @@ def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int
     cfg = base.replace(image_size=size, n_patients=max(80, n * 6))
     table = build_table(cfg)
     picks = pick_examples(table, n)
-    renderer = Renderer(cfg)
+    renderer = make_renderer(cfg)
     rows = int(np.ceil(len(picks) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, rows * 2.95), dpi=100)
     for ax in np.ravel(axes):
@@ -60,8 +59,9 @@ def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int
         img, _ = renderer.render(row.to_dict(), image_index=int(idx))
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
         ax.set_title(_caption(row), fontsize=7)
-    fig.suptitle("Synthetic chest radiographs (groups A/B/C are abstract; the group texture is "
-                 "subtle by design)", fontsize=9)
+    source = "composed from a real chest CT" if cfg.anatomy == "ct" else "drawn shapes"
+    fig.suptitle(f"Synthetic chest radiographs ({source}; groups A/B/C are abstract labels; "
+                 "the group signal is below what the eye can see)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,13 +80,13 @@ def save_blind_pairs(folder: str | Path, key_path: str | Path, config: Synthetic
     """
     import json
 
+    from PIL import Image
+
     base = (config or SyntheticConfig()).replace(image_size=size, n_patients=max(4 * n, 40))
     if base.group_signal <= 0:
         raise ValueError("the pairs need a config whose group_signal is above 0")
     table = build_table(base)
     first = table[table["study_index"] == 0].head(n)
-    from data_fetch.synthetic.cohort import make_renderer
-
     on, off = make_renderer(base), make_renderer(base.replace(group_signal=0.0))
     rng = np.random.default_rng(seed)
     folder = Path(folder)
@@ -98,8 +98,6 @@ def save_blind_pairs(folder: str | Path, key_path: str | Path, config: Synthetic
         if signal_side == "right":
             images.reverse()
         gap = np.full((size, 8), 0, np.uint8)
-        from PIL import Image
-
         path = folder / f"pair_{k:02d}.png"
         Image.fromarray(np.hstack([images[0], gap, images[1]])).save(path)
         key[path.name] = signal_side

@@ -24,7 +24,8 @@ import numpy as np
 
 from data_fetch.synthetic.config import SyntheticConfig
 
-VISIBILITY_LIMIT = 0.5      # signal RMS / natural RMS allowed in every tile and band
+VISIBILITY_LIMIT = 1.0      # signal RMS / natural RMS allowed in every tile and band
+QUANTISATION_VAR = 1 / 6    # variance of the difference of two independently rounded images
 N_SECTORS = 6
 N_TILES = 4                 # tiles per side
 
@@ -52,6 +53,14 @@ def band_power(images: np.ndarray) -> np.ndarray:
     power = (np.abs(np.fft.fft2(images * window)) ** 2).mean(axis=0) / n**4
     keep = index >= 0
     return np.bincount(index[keep], weights=power[keep], minlength=len(names))
+
+
+def quantisation_power(n: int) -> np.ndarray:
+    """Expected :func:`band_power` of the rounding noise in a difference of two 8-bit images."""
+    index, names = band_index(n)
+    window = np.outer(np.hanning(n), np.hanning(n))
+    per_bin = QUANTISATION_VAR * (window**2).sum() / n**4
+    return np.bincount(index[index >= 0], minlength=len(names)) * per_bin
 
 
 def tiles(images: np.ndarray) -> list[np.ndarray]:
@@ -86,9 +95,12 @@ def visibility_report(cfg: SyntheticConfig, n_pairs: int = 40) -> dict[str, Any]
     with_signal, without, others = _pairs(cfg, n_pairs)
     signal = np.stack(with_signal) - np.stack(without)
     natural = np.stack(others) - np.stack(without)
-    ratio = np.stack([np.sqrt(band_power(s) / np.maximum(band_power(p), 1e-12))
+    t = cfg.image_size // N_TILES
+    rounding = quantisation_power(t)
+    ratio = np.stack([np.sqrt(np.clip(band_power(s) - rounding, 0, None)
+                              / np.maximum(band_power(p), 1e-12))
                       for s, p in zip(tiles(signal), tiles(natural))])
-    _, names = band_index(cfg.image_size // N_TILES)
+    _, names = band_index(t)
     tile, band = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
     where = f"tile (row {tile // N_TILES}, column {tile % N_TILES}), {names[band]} per tile"
     return {"ratio": ratio, "bands": names, "worst_band": where,
