@@ -35,6 +35,8 @@ from data_fetch.synthetic import ct
 from data_fetch.synthetic.config import SyntheticConfig
 from data_fetch.synthetic.render import Renderer, SiteLook
 
+BONE_WEIGHT = 0.75        # bone's share after the site's processing (the spine is faint behind the heart)
+FLUID_CM = 8.0            # water thickness of a pleural effusion where it has filled the recess
 MU_WATER = 0.2            # effective linear attenuation of water at chest-radiograph energies (1/cm)
 LUNG_DENSITY = 0.2        # lung tissue relative to water: what fluid or a grown heart displaces
 SIGNAL_TISSUE = 0.01      # group_signal = 1: modulation sd of 1% of the tissue attenuation
@@ -162,25 +164,28 @@ class CTRenderer(Renderer):
         return out[0].numpy()
 
     def _heart(self, row, maps, coords) -> np.ndarray:
-        """The heart map scaled about its centre for heart size and cardiomegaly."""
+        """The heart map widened about its centre line for heart size and cardiomegaly."""
         grow = (1.0 + 1.5 * (row["heart_w"] / 0.31 - 1.0)) * (1.0 + 0.30 * row["true_cardiomegaly"]
                                            * min(self.cfg.finding_visibility, 1.5))
-        cy, cx = (np.asarray(self.proj.heart_centre) * 2 - 1)
-        cy, cx = cy / VIEW_ZOOM, cx / VIEW_ZOOM
-        scaled = np.stack([cy + (coords[0] - cy) / grow ** 0.6, cx + (coords[1] - cx) / grow])
+        cx = (self.proj.heart_centre[1] * 2 - 1) / VIEW_ZOOM
+        # wider, not taller: the heart rests on the diaphragm (and the cardiothoracic ratio is
+        # a width); taller would lay heart over liver
+        scaled = np.stack([coords[0], cx + (coords[1] - cx) / grow])
         return self._sample(maps[self.gi["heart"]][None], scaled)[0] * grow ** 0.5
 
     def _attenuation(self, row, m, heart, coords) -> np.ndarray:
         """Line integral of attenuation (cm water-equivalent) for the patient's covariates."""
         g = self.gi
-        fat = float(np.clip((row["bmi"] / 26.0) ** 1.6, 0.4, 3.0))
+        fat = float(np.clip((row["bmi"] / 26.0) ** 1.2, 0.5, 2.2))
         lean = float(np.clip(0.85 + 0.15 * row["soft"], 0.8, 1.1))
-        grown = heart - m[g["heart"]]
+        # a grown heart displaces lung; below the diaphragm (no lung, no heart) it cannot grow
+        room = np.clip((m[g["lung_len"]] + m[g["heart"]]) / 3.0, 0, 1)
+        grown = (heart - m[g["heart"]]) * room
         in_lung = np.clip(m[g["lung_len"]] / 4.0, 0, 1)
         atten = (lean * m[g["lean"]] + fat * m[g["fat"]] + float(row["lung_density"]) * m[g["lung"]]
-                 + heart
-                 + m[g["abdomen"]] + float(row["bone"]) * m[g["bone"]] + m[g["airway"]]
-                 - LUNG_DENSITY * grown * in_lung)
+                 + m[g["heart"]] + grown * (1 - LUNG_DENSITY * in_lung)
+                 + m[g["abdomen"]] + BONE_WEIGHT * float(row["bone"]) * m[g["bone"]]
+                 + m[g["airway"]])
         return atten + self._breasts(row, coords)
 
     def _breasts(self, row, coords) -> np.ndarray | float:
@@ -195,7 +200,7 @@ class CTRenderer(Renderer):
             r2 = ((u - side * 0.42) / rx) ** 2 + ((v - 0.22) / ry) ** 2
             lower = np.clip((v - 0.22 + 0.6 * ry) / (0.5 * ry), 0, 1)
             out = out + np.sqrt(np.clip(1 - r2, 0, 1)) * lower
-        return 3.0 * size * out
+        return 2.0 * size * out
 
     def _findings(self, row, m, coords, srng) -> np.ndarray:
         """Effusion (fluid with a meniscus), consolidation and a nodule, inside the lungs."""
@@ -214,7 +219,7 @@ class CTRenderer(Renderer):
             blob = np.exp(-1.5 * r**2) * np.clip(0.8 + 0.6 * patchy, 0, 1.5)
             out += 0.45 * vis * blob * lung_len * (1 - LUNG_DENSITY)
         if row["true_nodule"]:
-            radius = 1.4 * row["nodule_r"]
+            radius = 1.8 * row["nodule_r"]
             d2 = (u - row["nodule_x"]) ** 2 + (v - row["nodule_y"]) ** 2
             chord_cm = 2 * np.sqrt(np.clip(radius**2 - d2, 0, None)) * ct.FIELD_MM / 20.0
             out += vis * chord_cm * (1 - LUNG_DENSITY) * (lung_len > 0.5)
@@ -226,14 +231,18 @@ class CTRenderer(Renderer):
         lung = lung_len > 1.0
         rows = np.arange(n)[:, None]
         base = np.where(lung.any(axis=0), n - 1 - np.argmax(lung[::-1], axis=0), 0)[None, :]
-        height = row["effusion_h"] * n / 2 * 1.4
+        height = row["effusion_h"] * n / 2 * 1.8
         sides = (-1.0, 1.0) if row["effusion_side"] == 0 else (float(row["effusion_side"]),)
         out = np.zeros_like(lung_len)
         for side in sides:
             lateral = np.clip(side * u, 0, None)
             surface = base - height * (0.55 + 1.2 * np.clip(lateral - 0.15, 0, 1) ** 1.2)
-            depth = np.clip((rows - surface) / (0.05 * n), 0, 1)
-            out += depth * (side * u > 0.05) * lung_len * (1 - LUNG_DENSITY)
+            depth = np.clip((rows - surface) / (0.04 * n), 0, 1)
+            inside = np.clip(lung_len / 2.0, 0, 1) * (side * u > 0.05)
+            # fluid layers behind the lung up to the surface: a few cm of water that whites
+            # out the costophrenic angle and the hemidiaphragm, curving up the lateral wall
+            out += depth * inside * (FLUID_CM + 0.5 * lung_len) * (1 - LUNG_DENSITY)
+        out = ndimage.gaussian_filter(out, 0.01 * n + 0.5)
         return out
 
     # ------------------------------------------------------------------ acquisition
