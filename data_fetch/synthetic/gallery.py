@@ -59,9 +59,12 @@ def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int
         img, _ = renderer.render(row.to_dict(), image_index=int(idx))
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
         ax.set_title(_caption(row), fontsize=7)
-    source = "composed from a real chest CT" if cfg.anatomy == "ct" else "drawn shapes"
-    fig.suptitle(f"Synthetic chest radiographs ({source}; groups A/B/C are abstract labels; "
-                 "the group signal is below what the eye can see)", fontsize=9)
+    if cfg.anatomy == "ct":
+        source = "composed from a real chest CT; the group signal is below natural variation"
+    else:
+        source = "drawn shapes; the group texture shows on close inspection"
+    fig.suptitle(f"Synthetic chest radiographs ({source}; groups A/B/C are abstract labels)",
+                 fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
