@@ -142,8 +142,9 @@ def test_lung_masks_and_findings_in_ct_images(ct_images):
     table, images = ct_images
     for i, (img, mask) in images.items():
         lung = mask > 0
-        assert 0.12 < lung.mean() < 0.55
-        assert img[lung].mean() < img[~lung].mean(), "lungs are darker than the rest"
+        assert 0.15 < lung.mean() < 0.55, "the field is tight: lungs fill much of it"
+        mediastinum = img[16:48, 29:35]
+        assert img[lung].mean() < mediastinum.mean(), "lungs are darker than the mediastinum"
     cardio = table["true_cardiomegaly"].to_numpy()
     assert cardio.any() and (~cardio).any()
 
@@ -156,9 +157,9 @@ def test_band_index_covers_every_frequency_but_the_mean():
 
 @pytest.mark.slow
 def test_ct_group_signal_is_below_natural_variation_and_the_drawn_one_is_not():
-    """The criterion passes the CT signal at 1.5 and catches both a 4x louder CT signal and the
+    """The criterion passes the CT signal at 1.2 and catches both a 5x louder CT signal and the
     drawn renderer's default texture (the visible streaks)."""
-    cfg = SyntheticConfig(image_size=64, anatomy="ct", group_signal=1.5)
+    cfg = SyntheticConfig(image_size=64, anatomy="ct", group_signal=1.2)
     quiet = visibility_report(cfg, n_pairs=30)
     assert quiet["worst_ratio"] < VISIBILITY_LIMIT, quiet["worst_band"]
     loud = visibility_report(cfg.replace(group_signal=6.0), n_pairs=30)

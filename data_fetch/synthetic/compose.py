@@ -36,6 +36,8 @@ from data_fetch.synthetic.config import SyntheticConfig
 from data_fetch.synthetic.render import Renderer, SiteLook
 
 BONE_WEIGHT = 0.75        # bone's share after the site's processing (the spine is faint behind the heart)
+LUNG_MASK_CM = 6.0        # lung field = where the ray crosses this much lung (excludes the
+#                           lung behind the heart and the posterior recesses below the domes)
 FLUID_CM = 8.0            # water thickness of a pleural effusion where it has filled the recess
 MU_WATER = 0.2            # effective linear attenuation of water at chest-radiograph energies (1/cm)
 LUNG_DENSITY = 0.2        # lung tissue relative to water: what fluid or a grown heart displaces
@@ -137,7 +139,7 @@ class CTRenderer(Renderer):
         look = self.looks[int(row["site_index"])]
         img = self._expose(atten, row, look, srng)
         img = self._site_marks(img, look, row)
-        mask = (m[self.gi["lung_len"]] > 1.5).astype(np.uint8) * 255
+        mask = (m[self.gi["lung_len"]] > LUNG_MASK_CM).astype(np.uint8) * 255
         return img, mask
 
     def _view_maps(self, row: Mapping[str, Any]) -> np.ndarray:

@@ -69,7 +69,7 @@ class SyntheticConfig:
         "spectrum, so it looks like a little extra noise) was calibrated so the demo small CNN "
         "reaches a macro AUC of 0.95-1.0 over seeds; below about 1.5 that CNN does not learn "
         "it at all. With anatomy='ct' the signal modulates the attenuation of tissue instead, and "
-        "1.0 is a modulation of 1% sd: up to about 1.8 it stays below the natural "
+        "1.0 is a modulation of 1% sd: up to about 1.4 it stays below the natural "
         "between-patient variation in every tile and frequency band (the data card's "
         "visibility criterion)", 0.0, 10.0)
     signal_band: tuple = _knob(
