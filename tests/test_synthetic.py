@@ -84,7 +84,8 @@ def test_manifest_schema_split_and_files(tiny_cohort):
     for rel in list(df["path"]) + list(df["mask_path"]):
         with Image.open(tiny_cohort / rel) as im:
             assert im.mode == "L" and im.size == (32, 32)
-    assert "| `group_signal` | 2.1 |" in (tiny_cohort / "DATA_CARD.md").read_text()
+    default = SyntheticConfig().group_signal
+    assert f"| `group_signal` | {default:g} |" in (tiny_cohort / "DATA_CARD.md").read_text()
 
 
 def test_no_finding_is_consistent_with_recorded_findings(tiny_cohort):
@@ -121,10 +122,11 @@ def test_same_config_gives_byte_identical_cohort(tmp_path):
 
 
 def test_generation_is_atomic_when_interrupted(tmp_path, monkeypatch):
-    from data_fetch.synthetic import render
+    from data_fetch.synthetic import make_renderer
 
+    renderer_class = type(make_renderer(SyntheticConfig(**TINY)))
     calls = {"n": 0}
-    original = render.Renderer.render
+    original = renderer_class.render
 
     def failing(self, row, image_index):
         calls["n"] += 1
@@ -132,7 +134,7 @@ def test_generation_is_atomic_when_interrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return original(self, row, image_index)
 
-    monkeypatch.setattr(render.Renderer, "render", failing)
+    monkeypatch.setattr(renderer_class, "render", failing)
     with pytest.raises(KeyboardInterrupt):
         generate_cohort(tmp_path / "cohort", SyntheticConfig(**TINY), progress=False)
     assert list(tmp_path.iterdir()) == [], "no half cohort and no temporary folder may remain"

@@ -91,7 +91,7 @@ def _spectrum_features(imgs):
 
 
 def _degradation(name, level):
-    from cxrlab import degrade
+    from cxrlab.toolbox import degrade
 
     if name == "black_out_tile":
         return degrade.BlackOutTile(int(level))
@@ -108,7 +108,7 @@ def test_default_group_signal_survives_degradation(cohorts, name, level, feature
     """The issue's calibration target, as a property of the data: after each degradation the
     group is still in the pixels of the texture-only cohort (a linear model finds it), and
     with every route off the same degradation finds nothing."""
-    from cxrlab.degrade import degrade_images
+    from cxrlab.toolbox.degrade import degrade_images
 
     aucs = {}
     for cohort in ("signal", "off"):

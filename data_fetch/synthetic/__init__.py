@@ -9,14 +9,15 @@ See ``docs/synthetic_data_card.md`` for every knob, its default, its range and i
 """
 from data_fetch.synthetic.card import data_card_markdown, knobs_markdown
 from data_fetch.synthetic.cohort import (
-    GENERATOR_VERSION,
     build_table,
     cohort_name,
     generate_cohort,
+    make_renderer,
     prepare,
 )
 from data_fetch.synthetic.config import FINDINGS, GROUPS, SyntheticConfig
 from data_fetch.synthetic.render import Renderer, site_looks
+from data_fetch.synthetic.version import GENERATOR_VERSION
 
 __all__ = [
     "FINDINGS",
@@ -29,6 +30,7 @@ __all__ = [
     "data_card_markdown",
     "generate_cohort",
     "knobs_markdown",
+    "make_renderer",
     "prepare",
     "site_looks",
 ]

@@ -125,6 +125,8 @@ def _sample_anatomy(rng: np.random.Generator, female: np.ndarray, age: np.ndarra
         "nodule_x": rng.uniform(0.25, 0.50, n) * rng.choice([-1, 1], n),
         "nodule_y": rng.uniform(-0.45, 0.15, n),
         "nodule_r": rng.uniform(0.022, 0.040, n),
+        "axial_rot": z(2.5),             # habitual rotation about the body axis (degrees)
+        "lung_density": np.exp(z(0.18)),  # lung tissue density relative to the CT's
     })
 
 
@@ -161,6 +163,7 @@ def sample_studies(cfg: SyntheticConfig, patients: pd.DataFrame) -> pd.DataFrame
         "opacity_r": rng.uniform(0.09, 0.17, n),
         "exposure": rng.normal(0.0, 0.04, n),
         "marker_jitter": rng.uniform(-1, 1, (n,)),
+        "axial_jitter": rng.normal(0, 2.0 * j, n),   # this study's extra rotation (degrees)
     }
     return pd.concat([studies, pd.DataFrame(pose)], axis=1)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from data_fetch.synthetic.config import FINDINGS, GROUPS, SyntheticConfig
+from data_fetch.synthetic.version import GENERATOR_VERSION
 
 CARD_NAME = "DATA_CARD.md"
 
@@ -95,7 +96,8 @@ def _site_table(df: pd.DataFrame) -> str:
     return _table(pd.crosstab(df["race"], df["site"]), "group")
 
 
-def data_card_markdown(cfg: SyntheticConfig, df: pd.DataFrame, version: int = 1) -> str:
+def data_card_markdown(cfg: SyntheticConfig, df: pd.DataFrame,
+                       version: int = GENERATOR_VERSION) -> str:
     """The full data card of one cohort as Markdown."""
     return "\n".join([
         f"# Synthetic chest X-ray cohort: data card\n\n{INTRO.format(version=version)}",
@@ -111,8 +113,6 @@ def data_card_markdown(cfg: SyntheticConfig, df: pd.DataFrame, version: int = 1)
 
 def write_data_card(folder: str | Path, cfg: SyntheticConfig, df: pd.DataFrame) -> Path:
     """Write ``DATA_CARD.md`` into ``folder`` and return its path."""
-    from data_fetch.synthetic.cohort import GENERATOR_VERSION
-
     path = Path(folder) / CARD_NAME
     path.write_text(data_card_markdown(cfg, df, GENERATOR_VERSION))
     return path

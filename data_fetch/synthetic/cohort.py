@@ -26,8 +26,8 @@ from data_fetch.synthetic.anatomy import record_findings, sample_patients, sampl
 from data_fetch.synthetic.card import write_data_card
 from data_fetch.synthetic.config import FINDINGS, SyntheticConfig
 from data_fetch.synthetic.render import Renderer
+from data_fetch.synthetic.version import GENERATOR_VERSION
 
-GENERATOR_VERSION = 1   # bump when the images change for the same config
 SOURCE = "synthetic"
 
 
@@ -66,10 +66,19 @@ def manifest_columns(table: pd.DataFrame, cfg: SyntheticConfig) -> pd.DataFrame:
     return df
 
 
+def make_renderer(cfg: SyntheticConfig) -> Renderer:
+    """The renderer the config's ``anatomy`` knob asks for (``ct`` or ``drawn``)."""
+    if cfg.anatomy == "ct":
+        from data_fetch.synthetic.compose import CTRenderer
+
+        return CTRenderer(cfg)
+    return Renderer(cfg)
+
+
 def _render_all(folder: Path, table: pd.DataFrame, cfg: SyntheticConfig, progress: bool) -> None:
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
-    renderer = Renderer(cfg)
+    renderer = make_renderer(cfg)
     rows = table.to_dict("records")
     for i, row in enumerate(tqdm(rows, desc=f"synthetic {cfg.image_size}px", unit="img",
                                  disable=not progress)):

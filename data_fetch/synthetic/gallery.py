@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_fetch.synthetic.cohort import build_table
+from data_fetch.synthetic.cohort import build_table, make_renderer
 from data_fetch.synthetic.config import FINDINGS, SyntheticConfig
-from data_fetch.synthetic.render import Renderer
 
 
 def pick_examples(table: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -51,7 +50,7 @@ def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int
     cfg = base.replace(image_size=size, n_patients=max(80, n * 6))
     table = build_table(cfg)
     picks = pick_examples(table, n)
-    renderer = Renderer(cfg)
+    renderer = make_renderer(cfg)
     rows = int(np.ceil(len(picks) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, rows * 2.95), dpi=100)
     for ax in np.ravel(axes):
@@ -60,11 +59,52 @@ def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int
         img, _ = renderer.render(row.to_dict(), image_index=int(idx))
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
         ax.set_title(_caption(row), fontsize=7)
-    fig.suptitle("Synthetic chest radiographs (groups A/B/C are abstract; the group texture is "
-                 "subtle by design)", fontsize=9)
+    if cfg.anatomy == "ct":
+        source = "composed from a real chest CT; the group signal is below natural variation"
+    else:
+        source = "drawn shapes; the group texture shows on close inspection"
+    fig.suptitle(f"Synthetic chest radiographs ({source}; groups A/B/C are abstract labels)",
+                 fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def save_blind_pairs(folder: str | Path, key_path: str | Path, config: SyntheticConfig | None = None,
+                     n: int = 20, size: int = 256, seed: int = 0) -> list[Path]:
+    """Render ``n`` same-study pairs, group signal on and off, for a blinded viewer.
+
+    Each pair is one PNG (``pair_01.png``...) with two images side by side; which side carries
+    the signal is drawn at random and written only to ``key_path`` (JSON, keep it away from
+    the viewer). The two images share the patient, the study and the noise. Chance is n / 2.
+    """
+    import json
+
+    from PIL import Image
+
+    base = (config or SyntheticConfig()).replace(image_size=size, n_patients=max(4 * n, 40))
+    if base.group_signal <= 0:
+        raise ValueError("the pairs need a config whose group_signal is above 0")
+    table = build_table(base)
+    first = table[table["study_index"] == 0].head(n)
+    on, off = make_renderer(base), make_renderer(base.replace(group_signal=0.0))
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key, paths = {}, []
+    for k, (idx, row) in enumerate(first.iterrows(), start=1):
+        images = [on.render(row.to_dict(), int(idx))[0], off.render(row.to_dict(), int(idx))[0]]
+        signal_side = "left" if rng.random() < 0.5 else "right"
+        if signal_side == "right":
+            images.reverse()
+        gap = np.full((size, 8), 0, np.uint8)
+        path = folder / f"pair_{k:02d}.png"
+        Image.fromarray(np.hstack([images[0], gap, images[1]])).save(path)
+        key[path.name] = signal_side
+        paths.append(path)
+    Path(key_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(key_path).write_text(json.dumps({"signal_side": key, "config": base.as_dict()}, indent=1))
+    return paths

@@ -60,14 +60,18 @@ def site_looks(n_sites: int, style: float = 1.0) -> list[SiteLook]:
     looks = []
     for i in range(n_sites):
         u = rng.uniform(-1, 1, 8)
-        corner = [1, 0, 3, 2][i % 4] if style > 0 else 1
+        marker = "L" if (i % 3 != 2 or style == 0) else "R"
+        # images are shown with the patient's left on the viewer's right (PA and AP alike), so
+        # an "L" sits in a right-hand corner and an "R" in a left-hand one
+        row = [0, 0, 1, 1][i % 4] if style > 0 else 0
+        corner = 2 * row + (1 if marker == "L" else 0)
         looks.append(SiteLook(
             gamma=1.0 + 0.18 * style * u[0], window=1.50 + 0.15 * style * u[1],
             offset=0.04 + 0.04 * style * u[2], noise=1.0 + 0.45 * style * u[3],
             blur=max(0.35, 0.6 + 0.3 * style * u[4]), sharpen=max(0.0, 0.5 * style * (u[5] + 0.3)),
             border=float(i % 2 == 1) if style > 0 else 0.0,
             collimation=tuple(np.clip(0.03 + 0.035 * style * rng.uniform(0, 1, 4), 0, 0.12)),
-            marker="L" if (i % 3 != 2 or style == 0) else "R", marker_corner=corner,
+            marker=marker, marker_corner=corner,
             marker_size=0.075 + 0.03 * style * u[6], marker_box=bool(i % 4 == 2 and style > 0),
         ))
     return looks
