@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PRESET ?= demo
 BUILD ?= build
 export CXRLAB_TEST_DATA ?= $(CURDIR)/$(BUILD)/test-data
+# the synthetic CT renderer's projection cache, built once and shared by every test and kernel
+export CXRLAB_ANATOMY_CACHE ?= $(CURDIR)/$(BUILD)/anatomy-cache
 
 .PHONY: setup course test test-fast test-unit test-notebooks chapters grade bench clean
 
