@@ -115,8 +115,8 @@ def test_two_gloo_processes_match_one_and_a_killed_run_resumes(tiny_cohort, tmp_
     assert [e["val_loss"] for e in r1["history"]] == pytest.approx(
         [e["val_loss"] for e in r2["history"]], abs=1e-4)
     assert [row["class"] for row in r1["test_auc"]] == list(CLASSES)
-    assert r1["table3"][0]["paper_auc"] == 0.986 and r1["table3"][0]["comparison"] == \
-        "for scale only"
+    assert r1["table3"][0]["paper_class"] == "" and r1["table3"][0]["comparison"] == \
+        "for scale only"                          # synthetic groups are never paired with races
 
     # 4 steps per epoch; checkpoints every 3 steps; killed at step 7 = epoch 2, step 3
     interrupted = _argv(tiny_cohort, killed, "--checkpoint-every", "3")

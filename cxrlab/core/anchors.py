@@ -149,15 +149,17 @@ def compare_to_table3(our_auc_table: pd.DataFrame, dataset: str = "MIMIC-CXR",
 
     Real sources: rows are matched by class name (Asian, Black, White); a class the paper did
     not report gets NaN. Synthetic source (or classes that are not the paper's): groups A, B, C
-    are abstract, NOT races, so they are put beside Asian, Black, White in order and every row
-    is labelled "for scale only". A last row compares the means ("macro (mean)").
+    are abstract, NOT races, so no group row gets a paper class or value (never pair a
+    synthetic group with a race) and every row is labelled "for scale only"; only the last row,
+    the mean of ours beside the mean of the paper's ("macro (mean)"), compares the two.
 
     Columns: ``class, ours, ci_low, ci_high, paper_class, paper_auc, comparison, citation``.
 
     >>> ours = pd.DataFrame({"class": ["A", "B", "C"], "auc": [0.9, 0.95, 0.97],
     ...                      "ci_low": [0.85, 0.9, 0.95], "ci_high": [0.95, 0.98, 0.99]})
-    >>> compare_to_table3(ours, source="synthetic").comparison.iloc[0]
-    'for scale only'
+    >>> table = compare_to_table3(ours, source="synthetic")
+    >>> table.comparison.iloc[0], table.paper_class.iloc[0], round(float(table.paper_auc.iloc[-1]), 3)
+    ('for scale only', '', 0.983)
     """
     if dataset not in TABLE3:
         raise ValueError(f"Table 3 has no row {dataset!r}; choose one of {', '.join(TABLE3)}")
@@ -166,10 +168,7 @@ def compare_to_table3(our_auc_table: pd.DataFrame, dataset: str = "MIMIC-CXR",
     scale_only = _is_synthetic(classes, source)
     rows = []
     for i, row in enumerate(our_auc_table.to_dict("records")):
-        if scale_only:
-            paper_class = TABLE3_CLASSES[i] if i < len(TABLE3_CLASSES) else ""
-        else:
-            paper_class = classes[i]
+        paper_class = "" if scale_only else classes[i]
         rows.append({"class": classes[i], "ours": float(row["auc"]),
                      "ci_low": float(row.get("ci_low", np.nan)),
                      "ci_high": float(row.get("ci_high", np.nan)),
