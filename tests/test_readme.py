@@ -82,7 +82,7 @@ def test_setup_takes_the_cpu_wheel_when_its_index_answers(tmp_path):
     out, calls = _setup_calls(tmp_path, "cpu", reachable=True)
     torch_calls = [c for c in calls if "torch==" in c]
     assert len(torch_calls) == 1 and "--index-url https://download.pytorch.org/whl/cpu" in torch_calls[0]
-    assert any("install -e .[dev,instructor]" in c for c in calls)
+    assert any("install -e .[dev,instructor,real]" in c for c in calls)
 
 
 def test_setup_falls_back_to_the_pinned_wheel(tmp_path):
