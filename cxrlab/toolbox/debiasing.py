@@ -48,7 +48,7 @@ __all__ = [
     "GroupDROLoss", "GradientReversal", "grad_reverse", "AdversarialHead", "TrainingRun",
     "train_debiased", "small_network", "shrink", "group_encoding", "underdiagnosis_gap",
     "ScoreColumn", "fit_threshold_optimizer", "check_gap_shift", "training_split",
-    "model_cache_dir", "model_cache_key", "train_or_load",
+    "model_cache_dir", "model_cache_key", "train_or_load", "train_or_load_all",
 ]
 
 
@@ -446,6 +446,23 @@ def train_or_load(images: np.ndarray, labels: Any, groups: Any, method: str = "e
                                 "losses": [float(v) for v in run.losses], "seconds": float(run.seconds),
                                 "dro_weights": run.dro_weights})
     return model, run
+
+
+def train_or_load_all(session: Any, methods: Sequence[str], seeds: Sequence[int], *,
+                      epochs: int = 3, factor: int = 1, progress: bool = True,
+                      **options: Any) -> dict[tuple[str, int], tuple[nn.Module, TrainingRun]]:
+    """Chapter 6's models: one :func:`train_or_load` per (method, seed) on
+    :func:`training_split` ``(session, factor)``, cached in :func:`model_cache_dir`. The chapter
+    and ``python -m cxrlab.prebuild`` both call this, so what prebuild trains is what the
+    chapter loads."""
+    x, y, g = training_split(session, factor)
+    jobs = [(m, int(s)) for m in methods for s in seeds]
+    out = {}
+    for method, seed in tqdm(jobs, desc="No Finding models", disable=not progress, leave=False):
+        out[method, seed] = train_or_load(x, y, g, method, seed=seed, epochs=epochs,
+                                          cache_dir=model_cache_dir(session), tag=session.results_key,
+                                          progress=False, **options)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
