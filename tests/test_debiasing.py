@@ -232,3 +232,83 @@ def test_check_gap_shift_accepts_the_right_answer_and_names_the_flipped_sign(cap
         D.check_gap_shift({"erm": 0.1, "adversarial": -0.1}, results)
     with pytest.raises(AssertionError, match="No value"):
         D.check_gap_shift({"erm": -0.1}, results)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cache of trained models: a second call loads, a changed knob or cohort retrains
+# ---------------------------------------------------------------------------------------------
+def _cohort(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (48, 16, 16), dtype=np.uint8)
+    return images, rng.integers(0, 2, 48), np.array(["A", "B", "C"] * 16)
+
+
+def _counting(monkeypatch):
+    calls = []
+    real = D.train_debiased
+
+    def counted(*args, **kwargs):
+        calls.append(args[4] if len(args) > 4 else kwargs.get("method"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(D, "train_debiased", counted)
+    return calls
+
+
+def test_a_second_call_loads_the_cached_model_with_identical_predictions(tmp_path, monkeypatch):
+    from cxrlab.train import predict
+
+    images, labels, groups = _cohort()
+    calls = _counting(monkeypatch)
+    opts = dict(seed=1, channels=(4, 8), cache_dir=tmp_path, tag="demo", epochs=1, batch_size=16,
+                progress=False)
+    first, run1 = D.train_or_load(images, labels, groups, "groupdro", **opts)
+    assert calls == ["groupdro"] and not run1.loaded
+    [saved] = tmp_path.glob("demo-groupdro-seed1-*.pt")
+    torch.load(saved, weights_only=True)                       # plain tensors and values only
+    second, run2 = D.train_or_load(images, labels, groups, "groupdro", **opts)
+    assert calls == ["groupdro"] and run2.loaded
+    assert run2.losses == run1.losses and run2.dro_weights == pytest.approx(run1.dro_weights)
+    assert second.task == "binary" and not second.training
+    p1, p2 = predict(first, images, task="binary"), predict(second, images, task="binary")
+    assert np.array_equal(p1, p2)
+
+
+@pytest.mark.parametrize("change", ["method", "seed", "epochs", "channels", "labels", "images"])
+def test_a_changed_knob_or_cohort_trains_again(tmp_path, monkeypatch, change):
+    images, labels, groups = _cohort()
+    calls = _counting(monkeypatch)
+    base = dict(method="erm", seed=0, channels=(4, 8), epochs=1)
+    D.train_or_load(images, labels, groups, cache_dir=tmp_path, batch_size=16, progress=False, **base)
+    changed = dict(base, **{"method": {"method": "reweight"}, "seed": {"seed": 1},
+                            "epochs": {"epochs": 2}, "channels": {"channels": (4, 16)}}.get(change, {}))
+    if change == "labels":
+        labels = 1 - labels
+    if change == "images":
+        images = images.copy()
+        images[0, 0, 0] ^= 1
+    _, run = D.train_or_load(images, labels, groups, cache_dir=tmp_path, batch_size=16, progress=False,
+                             **changed)
+    assert len(calls) == 2 and not run.loaded
+    assert len(list(tmp_path.glob("*.pt"))) == 2 and not list(tmp_path.glob(".*partial"))
+
+
+def test_a_damaged_cache_file_is_retrained_with_a_one_line_note(tmp_path, monkeypatch, capsys):
+    images, labels, groups = _cohort()
+    opts = dict(channels=(4, 8), cache_dir=tmp_path, epochs=1, batch_size=16, progress=False)
+    D.train_or_load(images, labels, groups, "erm", **opts)
+    [saved] = tmp_path.glob("*.pt")
+    saved.write_bytes(b"not a checkpoint")
+    calls = _counting(monkeypatch)
+    _, run = D.train_or_load(images, labels, groups, "erm", **opts)
+    assert calls == ["erm"] and not run.loaded
+    assert "ignoring unreadable cached model" in capsys.readouterr().out
+    assert D.train_or_load(images, labels, groups, "erm", **opts)[1].loaded
+
+
+def test_without_a_cache_folder_nothing_is_saved(tmp_path, monkeypatch):
+    images, labels, groups = _cohort()
+    monkeypatch.chdir(tmp_path)
+    _, run = D.train_or_load(images, labels, groups, "adversarial", channels=(4, 8), epochs=1,
+                             batch_size=16, progress=False)
+    assert not run.loaded and len(run.losses) == 1 and not list(tmp_path.rglob("*.pt"))

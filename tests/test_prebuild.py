@@ -32,11 +32,27 @@ def test_chapter_6_plans_its_no_finding_model_and_its_second_hospital(tmp_path):
     assert prebuild.planned_cohorts(tmp_path) == [
         ("ch06", {"finding_visibility": 2.0, "seed": 1, "n_patients": 300})]
     assert prebuild.planned_cohorts(tmp_path / "nowhere") == []
+    assert prebuild.planned_debiasing(tmp_path) == []            # no METHODS: nothing to train
+
+
+CH06 = ('UNDERRECORD_GROUP = "B"\nUNDERRECORD_RATE = 0.7\nFINDING_VISIBILITY = 2.0\n'
+        'METHODS = ["erm", "groupdro"]\nTRAIN_SEEDS = [0, 3]\nEPOCHS = 1\nSHRINK = 2\n'
+        'OOD = {"seed": 1, "n_patients": 60}')
+
+
+def test_chapter_6s_debiased_models_are_planned_from_its_parameters(tmp_path):
+    _chapter(tmp_path, "ch06_beyond_recognition", CH06)
+    [job] = prebuild.planned_debiasing(tmp_path)
+    assert (job.methods, job.seeds, job.epochs, job.factor) == (("erm", "groupdro"), (0, 3), 1, 2)
+    assert job.knobs == prebuild.planned_models(tmp_path)[-1].knobs
+    assert job.label() == "ch06 debiasing erm,groupdro x seeds 0,3"
 
 
 def test_the_real_chapters_are_planned():
     labels = [m.label() for m in prebuild.planned_models()]
     assert "ch04 race high_pass-100" in labels and labels[-1].startswith("ch06 no_finding underrecord_group=")
+    [job] = prebuild.planned_debiasing()
+    assert set(job.methods) == {"erm", "reweight", "groupdro", "adversarial"} and len(job.seeds) >= 2
 
 
 @pytest.mark.slow
@@ -63,3 +79,31 @@ def test_prebuild_trains_once_and_the_chapter_finds_the_models(tmp_path, monkeyp
     assert degrade.degraded_model(session, "high_pass", 100, progress=False).variant == "high_pass-100"
     assert store.get_model(setup("synthetic", "tiny", group_signal=0.0, progress=False), "race",
                            progress=False).target == "race"
+
+
+@pytest.mark.slow
+def test_prebuild_trains_chapter_6s_models_and_the_chapter_loads_them(tmp_path, monkeypatch):
+    from cxrlab.session import setup
+    from cxrlab.toolbox import debiasing
+
+    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
+    monkeypatch.setitem(presets.PRESETS, "tiny", TINY)
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    _chapter(chapters, "ch06_beyond_recognition", CH06)
+    steps = prebuild.prebuild("tiny", chapters=chapters, progress=False)
+    assert "ch06 debiasing erm,groupdro x seeds 0,3" in steps
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although prebuild cached this model")
+
+    monkeypatch.setattr(debiasing, "train_debiased", no_training)
+    [job] = prebuild.planned_debiasing(chapters)
+    session = setup("synthetic", "tiny", **job.knobs, progress=False)
+    trained = debiasing.train_or_load_all(session, ["erm", "groupdro"], [0, 3], epochs=1, factor=2,
+                                          progress=False)
+    assert sorted(trained) == [("erm", 0), ("erm", 3), ("groupdro", 0), ("groupdro", 3)]
+    assert all(run.loaded for _, run in trained.values())
+    with pytest.raises(AssertionError, match="trained although"):   # another knob: trains again
+        debiasing.train_or_load_all(session, ["erm"], [0], epochs=2, factor=2, progress=False)

@@ -3,7 +3,9 @@
 Binder's ``postBuild`` and instructors preparing a machine run this once. For the synthetic
 source it generates the cohorts the chapters use, builds their image caches and trains every
 model the chapters ask the model store for at their default parameters (read from the
-``parameters`` cells in ``chapters/``), so no chapter waits for training in class. A second run
+``parameters`` cells in ``chapters/``), plus chapter 6's debiased "No Finding" models (cached
+by :func:`cxrlab.toolbox.debiasing.train_or_load_all`), so no chapter waits for training in
+class. A second run
 loads everything from the store and takes seconds.
 """
 from __future__ import annotations
@@ -32,6 +34,23 @@ class PlannedModel:
         if self.degradation:
             extra.append(f"{self.degradation[0]}-{self.degradation[1]:g}")
         return " ".join([self.chapter, self.target, *extra])
+
+
+@dataclass(frozen=True)
+class PlannedDebiasing:
+    """Chapter 6's debiased models: every method x seed, trained on the cohort of ``knobs``."""
+
+    chapter: str
+    knobs: dict[str, Any]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    factor: int
+
+    def label(self) -> str:
+        """A short name for progress lines, e.g. ``ch06 debiasing erm,reweight x seeds 0,1``."""
+        return (f"{self.chapter} debiasing {','.join(self.methods)} x seeds "
+                f"{','.join(map(str, self.seeds))}")
 
 
 def chapter_parameters(stem: str, chapters: Path = CHAPTERS) -> dict[str, Any]:
@@ -76,10 +95,25 @@ def planned_cohorts(chapters: Path = CHAPTERS) -> list[tuple[str, dict[str, Any]
     return [("ch06", {"finding_visibility": ch06.get("FINDING_VISIBILITY"), **ch06["OOD"]})]
 
 
+def planned_debiasing(chapters: Path = CHAPTERS) -> list[PlannedDebiasing]:
+    """Chapter 6's part-2 models, read from its ``METHODS``, ``TRAIN_SEEDS``, ``EPOCHS`` and
+    ``SHRINK`` parameters, on the same cohort as its planned "No Finding" model."""
+    ch06 = chapter_parameters("ch06_beyond_recognition", chapters)
+    if "METHODS" not in ch06:
+        return []
+    knobs = {"underrecord_group": ch06.get("UNDERRECORD_GROUP"),
+             "underrecord_rate": ch06.get("UNDERRECORD_RATE"),
+             "finding_visibility": ch06.get("FINDING_VISIBILITY")}
+    return [PlannedDebiasing("ch06", knobs, tuple(ch06["METHODS"]), tuple(ch06.get("TRAIN_SEEDS", [0])),
+                             int(ch06.get("EPOCHS", 3)), int(ch06.get("SHRINK", 1)))]
+
+
 def prebuild(preset: str = "demo", seed: int = 0, chapters: Path = CHAPTERS,
              progress: bool = True) -> dict[str, float]:
-    """Prepare every cohort and model of :func:`planned_models`; return seconds per step."""
+    """Prepare every cohort and model of :func:`planned_models`, :func:`planned_debiasing`
+    and :func:`planned_cohorts`; return seconds per step."""
     from cxrlab.degrade import degraded_model
+    from cxrlab.presets import get_preset
     from cxrlab.session import setup
     from cxrlab.store import get_model
 
@@ -96,11 +130,22 @@ def prebuild(preset: str = "demo", seed: int = 0, chapters: Path = CHAPTERS,
         else:
             degraded_model(session, *job.degradation, target=job.target, progress=progress)
         timings[job.label()] = time.perf_counter() - start
+    from cxrlab.toolbox.debiasing import train_or_load_all
+
+    for job in planned_debiasing(chapters):
+        start = time.perf_counter()
+        key = tuple(sorted(job.knobs.items()))
+        if key not in sessions:
+            sessions[key] = setup("synthetic", preset, seed, progress=progress, **job.knobs)
+        train_or_load_all(sessions[key], job.methods, job.seeds, epochs=job.epochs, factor=job.factor,
+                          progress=progress)
+        timings[job.label()] = time.perf_counter() - start
     from data_fetch import synthetic
 
     for chapter, knobs in planned_cohorts(chapters):
         start = time.perf_counter()
-        synthetic.prepare(preset=preset, progress=progress, **knobs)
+        sizes = get_preset(preset)                    # what setup() uses ($CXRLAB_PRESET wins)
+        synthetic.prepare(label=sizes.name, image_size=sizes.image_size, progress=progress, **knobs)
         timings[f"{chapter} cohort " + " ".join(f"{k}={v}" for k, v in knobs.items())] = \
             time.perf_counter() - start
     return timings

@@ -16,7 +16,9 @@ distribution:
 Post-processing with thresholds is in :func:`fit_threshold_optimizer` (fairlearn's
 ``ThresholdOptimizer``). :func:`train_debiased` trains a :mod:`cxrlab.models` network with any
 of the four and :func:`group_encoding` measures how well a linear probe reads the group off its
-frozen features.
+frozen features. :func:`train_or_load` wraps :func:`train_debiased` with a small on-disk cache
+(see :func:`model_cache_key`), so a re-run of the chapter, or a chapter after
+``python -m cxrlab.prebuild``, loads its models instead of training them.
 
 >>> group_weights(["A", "A", "A", "B"]).round(2).tolist()
 [0.67, 0.67, 0.67, 2.0]
@@ -26,6 +28,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -40,7 +47,8 @@ __all__ = [
     "METHODS", "cell_codes", "group_weights", "effective_group_weight", "balanced_sampler",
     "GroupDROLoss", "GradientReversal", "grad_reverse", "AdversarialHead", "TrainingRun",
     "train_debiased", "small_network", "shrink", "group_encoding", "underdiagnosis_gap",
-    "ScoreColumn", "fit_threshold_optimizer", "check_gap_shift",
+    "ScoreColumn", "fit_threshold_optimizer", "check_gap_shift", "training_split",
+    "model_cache_dir", "model_cache_key", "train_or_load", "train_or_load_all",
 ]
 
 
@@ -217,6 +225,7 @@ class TrainingRun:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     dro_weights: list[float] | None = None
+    loaded: bool = False
 
 
 def _as_float_images(images: np.ndarray) -> torch.Tensor:
@@ -324,6 +333,136 @@ def shrink(images: np.ndarray, factor: int) -> np.ndarray:
     x = np.asarray(images, dtype=np.float32)[:, :h - h % factor, :w - w % factor]
     x = x.reshape(n, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# the chapter's training data and a cache of trained models
+# ---------------------------------------------------------------------------------------------
+def training_split(session: Any, factor: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chapter 6's training data from a session: the train split's images shrunk by ``factor``
+    (:func:`shrink`), its recorded "No Finding" labels (0/1) and its groups (``race``)."""
+    rows = session.split_index("train")
+    labels = session.manifest["no_finding"].to_numpy()[rows].astype(int)
+    groups = session.manifest["race"].to_numpy()[rows]
+    return shrink(session.images[rows], factor), labels, groups
+
+
+def model_cache_dir(session: Any) -> Path:
+    """Where chapter 6's models of this session are cached: ``<data>/models/debiasing``."""
+    return Path(session.model_dir) / "debiasing"
+
+
+def _digest(*arrays: Any) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a) if np.asarray(a).dtype != object
+                                 else np.asarray(a).astype(str))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def model_cache_key(images: np.ndarray, labels: Any, groups: Any, method: str, seed: int,
+                    channels: Sequence[int], options: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes a trained model: the method, the seed, the network's widths,
+    the training options (epochs, lr, batch size, ...) and a SHA-256 digest of the training
+    images, labels and groups (so the cohort, the preset, the image size and the shrink factor
+    are all in it). Plain values only: it is saved next to the weights and compared on load.
+
+    >>> k = model_cache_key(np.zeros((2, 4, 4), np.uint8), [0, 1], ["A", "B"], "erm", 0, (8,), {"epochs": 1})
+    >>> k["method"], k["seed"], len(k["data"])
+    ('erm', 0, 64)
+    """
+    return {"version": 1, "method": str(method), "seed": int(seed),
+            "channels": [int(c) for c in channels],
+            "options": {k: options[k] for k in sorted(options)},
+            "data": _digest(images, np.asarray(labels, dtype=np.int64), groups)}
+
+
+def _cache_file(cache_dir: Path, key: dict[str, Any], tag: str) -> Path:
+    short = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = "-".join(p for p in (tag, key["method"], f"seed{key['seed']}", short) if p)
+    return Path(cache_dir) / f"{name}.pt"
+
+
+def _save_atomically(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        torch.save(payload, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _load_cached(path: Path, key: dict[str, Any], channels: Sequence[int]):
+    """The cached model and run at ``path`` if it holds ``key``, else ``None``."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("key") != key:
+            return None
+        model = small_network(channels)
+        model.load_state_dict(saved["state_dict"])
+    except Exception as error:   # a damaged or foreign file: say so in one line, then retrain
+        print(f"ignoring unreadable cached model {path.name}: {type(error).__name__}: {error}")
+        return None
+    model.task = "binary"
+    model.eval()
+    run = TrainingRun(key["method"], key["seed"], list(saved["losses"]), float(saved["seconds"]),
+                      saved["dro_weights"], loaded=True)
+    return model, run
+
+
+def train_or_load(images: np.ndarray, labels: Any, groups: Any, method: str = "erm", *,
+                  seed: int = 0, channels: Sequence[int] = (8, 16, 32, 64),
+                  cache_dir: str | Path | None = None, tag: str = "", progress: bool = True,
+                  **options: Any) -> tuple[nn.Module, TrainingRun]:
+    """A :func:`small_network` trained with :func:`train_debiased`, or loaded from ``cache_dir``.
+
+    The network is initialised from ``seed`` (:func:`cxrlab.train.seed_everything`), then
+    trained with ``options`` (``epochs``, ``lr``, ``batch_size``, ``adversary_strength``,
+    ``dro_step``). With a ``cache_dir`` the weights and the run are saved there atomically as
+    plain tensors and values under :func:`model_cache_key` (``tag``, e.g. the session's
+    ``results_key``, only makes the file name readable) and loaded with
+    ``torch.load(..., weights_only=True)`` next time; ``run.loaded`` tells which happened.
+    Any change of the data or a knob gives a new key, so the model is trained again.
+    """
+    from cxrlab.train import seed_everything
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    key = model_cache_key(images, labels, groups, method, seed, channels, options)
+    path = _cache_file(Path(cache_dir), key, tag) if cache_dir is not None else None
+    cached = _load_cached(path, key, channels) if path is not None else None
+    if cached is not None:
+        return cached
+    seed_everything(seed)
+    model = small_network(channels)
+    run = train_debiased(model, images, labels, groups, method, seed=seed, progress=progress, **options)
+    if path is not None:
+        _save_atomically(path, {"key": key, "state_dict": model.state_dict(),
+                                "losses": [float(v) for v in run.losses], "seconds": float(run.seconds),
+                                "dro_weights": run.dro_weights})
+    return model, run
+
+
+def train_or_load_all(session: Any, methods: Sequence[str], seeds: Sequence[int], *,
+                      epochs: int = 3, factor: int = 1, progress: bool = True,
+                      **options: Any) -> dict[tuple[str, int], tuple[nn.Module, TrainingRun]]:
+    """Chapter 6's models: one :func:`train_or_load` per (method, seed) on
+    :func:`training_split` ``(session, factor)``, cached in :func:`model_cache_dir`. The chapter
+    and ``python -m cxrlab.prebuild`` both call this, so what prebuild trains is what the
+    chapter loads."""
+    x, y, g = training_split(session, factor)
+    jobs = [(m, int(s)) for m in methods for s in seeds]
+    out = {}
+    for method, seed in tqdm(jobs, desc="No Finding models", disable=not progress, leave=False):
+        out[method, seed] = train_or_load(x, y, g, method, seed=seed, epochs=epochs,
+                                          cache_dir=model_cache_dir(session), tag=session.results_key,
+                                          progress=False, **options)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
