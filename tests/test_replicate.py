@@ -192,3 +192,14 @@ def test_bench_replicate_counts_flops_and_activations():
     assert bench.forward_flops(model, 64) == pytest.approx(4 * bench.forward_flops(model, 32),
                                                            rel=0.05)
     assert bench.cpu_training_speed(model, 32, batch=4, steps=1) > 0
+
+
+def test_a_synthetic_replication_asks_for_the_presets_sizes(monkeypatch, tmp_path):
+    """data_fetch knows no presets: the replication passes the preset's sizes and its name as label."""
+    from cxrlab.core import replicate
+    from data_fetch import synthetic
+
+    calls = {}
+    monkeypatch.setattr(synthetic, "prepare", lambda **kw: calls.update(kw) or tmp_path)
+    assert replicate._dataset_folder("synthetic", None, None, 40, "full") == tmp_path
+    assert calls == {"label": "full", "progress": False, "n_patients": 40, "image_size": 320}

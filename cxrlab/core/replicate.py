@@ -180,10 +180,13 @@ def _dataset_folder(source: str, data_dir: str | Path | None, dataset: str | Non
     if data_dir is not None:
         return Path(data_dir)
     if source == "synthetic":
+        from cxrlab.core.presets import PRESETS
         from data_fetch import synthetic
 
-        extra = {"n_patients": synthetic_patients} if synthetic_patients else {}
-        return Path(synthetic.prepare(preset=preset, progress=False, **extra))
+        chosen = PRESETS[preset]
+        sizes = {"n_patients": synthetic_patients or chosen.n_patients,
+                 "image_size": chosen.image_size}
+        return Path(synthetic.prepare(label=chosen.name, progress=False, **sizes))
     from cxrlab.core.session import find_prepared
 
     return find_prepared(source, dataset)
