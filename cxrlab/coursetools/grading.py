@@ -198,9 +198,10 @@ class Settings:
 
 def _package_dirs() -> list[Path]:
     """The folders of the course's own packages (``cxrlab``, ``data_fetch``) this grader runs."""
+    import cxrlab
     import data_fetch
 
-    return [Path(authoring.__file__).resolve().parent, Path(data_fetch.__file__).resolve().parent]
+    return [Path(cxrlab.__file__).resolve().parent, Path(data_fetch.__file__).resolve().parent]
 
 
 def _package_parents() -> list[str]:
