@@ -150,10 +150,9 @@ def build_fixture_dataset(dest: Path | None = None, seed: int = 0) -> Path:
         thread.start()
         base = f"http://127.0.0.1:{server.server_address[1]}"
         try:
-            # a handful of small DICOMs: converted in this process (workers=1), no pool
             covid19_ar.fetch_covid19_ar(dest, listing=f"{base}/listing.csv",
                                         clinical=f"{base}/clinical.csv", mirror=base,
-                                        progress=False, retries=0, backoff=0, workers=1)
+                                        progress=False, retries=0, backoff=0)
         finally:
             server.shutdown()
             server.server_close()
