@@ -121,6 +121,30 @@ def test_same_config_gives_byte_identical_cohort(tmp_path):
         (tmp_path / "one" / "manifest.csv").read_bytes()
 
 
+def test_two_drawing_processes_give_the_same_cohort(tmp_path, monkeypatch):
+    """Chunks drawn by two spawned worker processes: the same files, byte for byte."""
+    from data_fetch.synthetic import cohort
+
+    monkeypatch.setattr(cohort, "PARALLEL_MIN_IMAGES", 0)   # decided in this process
+    monkeypatch.setattr(cohort, "CHUNK_IMAGES", 7)          # several chunks per worker
+    cfg = SyntheticConfig(**TINY)
+    for workers in (1, 2):
+        generate_cohort(tmp_path / f"w{workers}", cfg, progress=False, workers=workers)
+    one, two = (sorted(p.relative_to(tmp_path / f"w{w}") for p in (tmp_path / f"w{w}").rglob("*.png"))
+                for w in (1, 2))
+    assert one == two and len(one) == 2 * len(pd.read_csv(tmp_path / "w1" / "manifest.csv"))
+    for rel in one:
+        assert (tmp_path / "w1" / rel).read_bytes() == (tmp_path / "w2" / rel).read_bytes(), rel
+    assert (tmp_path / "w1" / "manifest.csv").read_bytes() == (tmp_path / "w2" / "manifest.csv").read_bytes()
+
+
+def test_small_cohorts_are_drawn_in_this_process():
+    from data_fetch.synthetic.cohort import PARALLEL_MIN_IMAGES, render_workers
+
+    assert render_workers(PARALLEL_MIN_IMAGES - 1, 8) == 1
+    assert render_workers(PARALLEL_MIN_IMAGES, 2) == 2 and render_workers(10_000, 1) == 1
+
+
 def test_generation_is_atomic_when_interrupted(tmp_path, monkeypatch):
     from data_fetch.synthetic import make_renderer
 
