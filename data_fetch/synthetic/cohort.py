@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import sys
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -31,8 +32,7 @@ from data_fetch.synthetic.render import Renderer
 from data_fetch.synthetic.version import GENERATOR_VERSION
 
 SOURCE = "synthetic"
-#: Cohorts with fewer images are drawn in the calling process: starting worker processes
-#: (about a second each, they import numpy and scipy afresh) would cost more than it saves.
+#: Cohorts with fewer images are drawn in the calling process: a pool would cost more than it saves.
 PARALLEL_MIN_IMAGES = 500
 #: Images one worker draws at a time (consecutive rows, so a patient's studies mostly stay together).
 CHUNK_IMAGES = 100
@@ -84,16 +84,23 @@ def make_renderer(cfg: SyntheticConfig) -> Renderer:
 
 def render_workers(n_images: int, workers: int | None = None) -> int:
     """How many processes draw a cohort of ``n_images``: ``workers`` (None: every core this
-    process may use), but one for a cohort under :data:`PARALLEL_MIN_IMAGES` images.
+    process may use), but one for a cohort under :data:`PARALLEL_MIN_IMAGES` images, and one
+    where processes cannot be forked (macOS, Windows: a spawned worker would re-run the
+    caller's script, which a script without a ``__main__`` guard does not survive).
 
-    >>> render_workers(100, 8), render_workers(5000, 2), render_workers(5000, 1)
-    (1, 2, 1)
+    >>> render_workers(100, 8), render_workers(5000, 1)
+    (1, 1)
     """
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if n_images < PARALLEL_MIN_IMAGES:
+    if n_images < PARALLEL_MIN_IMAGES or not _can_fork():
         return 1
     return max(1, min(int(workers), -(-n_images // CHUNK_IMAGES)))
+
+
+def _can_fork() -> bool:
+    """Whether worker processes can be forked here (Linux: yes; macOS, Windows: no)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
 _WORKER_RENDERER: dict[str, Renderer] = {}
@@ -138,8 +145,9 @@ def _render_all(folder: Path, table: pd.DataFrame, cfg: SyntheticConfig, progres
                 bar.update(render_rows(folder, cfg, rows[start:start + CHUNK_IMAGES], start,
                                        renderer))
             return
-        # spawned, not forked: the caller may be a kernel with torch's threads running
-        context = multiprocessing.get_context("spawn")
+        # forked: nothing is imported again, and the workers only use numpy, scipy and PIL
+        # (never torch, whose threads a kernel may have running; forking leaves those behind)
+        context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
             jobs = [pool.submit(render_rows, folder, cfg, rows[start:start + CHUNK_IMAGES], start)
                     for start in range(0, len(rows), CHUNK_IMAGES)]
