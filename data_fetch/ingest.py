@@ -22,7 +22,8 @@ each image in their own loop and use a :class:`StoreQueue`: it hands results bac
 and lets the loop wait for the ones a decision depends on (a ``--limit`` budget, an earlier
 file of the same name), so the dataset is the same, byte for byte, with 1 or N workers. Worker
 processes ignore Ctrl-C; the fetcher gets it, cancels what has not started and waits for the
-PNGs being written.
+PNGs being written. ``covid19_ar`` converts DICOMs, not JPEGs or PNGs: it hands its own
+conversion to the pool with :meth:`ImagePool.call` and collects the results in order.
 
 JPEG draft decoding: libjpeg can decode at 1/2, 1/4 or 1/8 scale by dropping DCT
 coefficients, which is much cheaper than decoding every pixel. :func:`square_resize_bytes`
@@ -56,7 +57,7 @@ from data_fetch.sources.images import (PNG_COMPRESS_LEVEL, CorruptImageError, co
 DRAFT_MAX_ABS_DIFF = 4
 #: Largest mean difference over the image, in grey levels, that draft decoding may make.
 DRAFT_MEAN_ABS_DIFF = 0.5
-__all__ = ["DRAFT_MAX_ABS_DIFF", "DRAFT_MEAN_ABS_DIFF", "PENDING_PER_WORKER",
+__all__ = ["DRAFT_MAX_ABS_DIFF", "DRAFT_MEAN_ABS_DIFF", "PENDING_PER_WORKER", "Done",
            "PNG_COMPRESS_LEVEL", "ImagePool", "IngestItem", "StoreQueue", "Stored",
            "default_workers", "fetch_pool", "radiograph_like", "save_png_atomic",
            "square_resize_bytes", "store_all", "store_item"]
@@ -191,12 +192,23 @@ class ImagePool:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
-    def start(self, item: IngestItem) -> "Future | _Ready":
+    def start(self, item: IngestItem) -> "Future | Done":
         """Begin storing one item: a future, or a finished one when no worker is needed
         (an item without data, or a pool of 0 workers, which stores it right here)."""
         if item.data is None or self._executor is None:
-            return _Ready(store_item(item, self.draft))
+            return Done(store_item(item, self.draft))
         return self._executor.submit(store_item, item, self.draft)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> "Future | Done":
+        """Run ``fn(*args)`` in a worker: a future of its result. With 0 workers it runs here,
+        at once, and the finished future holds its result or the exception it raised.
+
+        For conversions that are not :func:`store_item` (the DICOMs of ``covid19_ar``);
+        ``fn`` must be a module-level function (it is pickled to the worker).
+        """
+        if self._executor is None:
+            return Done.run(fn, *args)
+        return self._executor.submit(fn, *args)
 
     def map_store(self, items: Iterable[IngestItem | tuple]) -> Iterator[Stored]:
         """Store every item; yield one :class:`Stored` per item, in the order of ``items``.
@@ -225,14 +237,27 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class _Ready:
+class Done:
     """A result known without waiting for a worker, shaped like a finished future."""
 
-    def __init__(self, stored: Stored) -> None:
-        self.stored = stored
+    def __init__(self, value: Any, error: Exception | None = None) -> None:
+        self.value, self.error = value, error
 
-    def result(self) -> Stored:
-        return self.stored
+    @classmethod
+    def run(cls, fn: Callable[..., Any], *args: Any) -> "Done":
+        """Call ``fn`` now; keep its result, or the exception, for :meth:`result` to give."""
+        try:
+            return cls(fn(*args))
+        except Exception as err:  # noqa: BLE001 - raised again by result(), like a future's
+            return cls(None, err)
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def done(self) -> bool:
+        return True
 
     def cancel(self) -> bool:
         return False
@@ -262,7 +287,7 @@ class StoreQueue:
 
     def __init__(self, pool: ImagePool, on_done: Callable[[Any, Stored], None]) -> None:
         self.pool, self.on_done = pool, on_done
-        self._queue: deque[tuple[Any, Path, Future | _Ready]] = deque()
+        self._queue: deque[tuple[Any, Path, Future | Done]] = deque()
         self._paths: Counter[Path] = Counter()
         self._limit = max(1, pool.workers * PENDING_PER_WORKER)
 
@@ -295,7 +320,7 @@ class StoreQueue:
             raise _stopped(path) from None
         self._queue.append((tag, path, job))
         self._paths[path] += 1
-        while self._queue and (isinstance(self._queue[0][2], _Ready)
+        while self._queue and (isinstance(self._queue[0][2], Done)
                                or len(self._queue) > self._limit):
             self._collect()
 

@@ -1,4 +1,4 @@
-"""``--workers N``: NIH, CheXpert and MIMIC give the same dataset with 1 and 2 processes.
+"""``--workers N``: NIH, CheXpert, MIMIC and COVID-19-AR give the same dataset with 1 and 2 processes.
 
 Each fetcher reads its stream (tar, zip, HTTP) in order in the main process and hands the
 bytes to a pool of decoder processes; these tests run the same fetch with ``--workers 1`` (no
@@ -27,9 +27,10 @@ import pytest
 from PIL import Image
 
 from data_fetch.__main__ import main
-from data_fetch.sources import chexpert, images, nih
+from data_fetch.sources import chexpert, covid19_ar, images, nih
 
 from tests import test_fetch_chexpert as cx_case
+from tests import test_fetch_covid19_ar as covid_case
 from tests import test_fetch_mimic as mimic_case
 from tests import test_fetch_nih as nih_case
 from tests.servers import LoopbackServer, Route
@@ -195,15 +196,74 @@ def test_mimic_same_dataset_with_one_and_two_workers(tmp_path, monkeypatch):
     assert "d0pa" in json.dumps(card)                                   # the missing one
 
 
+# ----------------------------------------------------------------------------- COVID-19-AR
+served_covid = covid_case.served      # the loopback IDC of the per-source tests, as a fixture here
+
+
+def test_covid19_ar_same_dataset_with_one_and_two_workers(served_covid, tmp_path, monkeypatch):
+    """Good DICOMs among a lateral, a broken, an MR and a header-only file: the same
+    manifest, exclusions and PNG bytes, and with 2 workers the DICOMs are decoded elsewhere."""
+    decoded_in = tmp_path / "decoded_in.txt"
+    decode = covid19_ar.dicom_to_image
+
+    def recording(data, name):               # the forked workers inherit this patch
+        with decoded_in.open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        return decode(data, name)
+
+    monkeypatch.setattr(covid19_ar, "dicom_to_image", recording)
+    pids = {}
+    for workers in (1, 2):
+        covid19_ar.fetch_covid19_ar(tmp_path / f"w{workers}", listing=served_covid.url("listing.csv"),
+                                    clinical=served_covid.url("clinical.xlsx"),
+                                    mirror=served_covid.base, size=20, progress=False, backoff=0,
+                                    workers=workers)
+        pids[workers] = set(decoded_in.read_text().split())
+        decoded_in.unlink()
+    assert_same_dataset(tmp_path / "w1", tmp_path / "w2")
+    assert pids[1] == {str(os.getpid())}
+    assert pids[2] and str(os.getpid()) not in pids[2]
+    reasons = {x["image"]: x["reason"] for x in excluded(tmp_path / "w2")}
+    assert list(reasons) == ["lat", "broken", "mr", "nopixels"]     # in the listing's order
+    assert "not a readable DICOM" in reasons["broken"]
+    assert len(pd.read_csv(tmp_path / "w2" / "manifest.csv")) == 4
+    assert not list((tmp_path / "w2").rglob("*.dcm"))
+
+
+def test_covid19_ar_rerun_with_two_workers_skips_what_is_stored(served_covid, tmp_path):
+    kw = dict(listing=served_covid.url("listing.csv"), mirror=served_covid.base, size=16,
+              progress=False, backoff=0, no_clinical=True)
+    covid19_ar.fetch_covid19_ar(tmp_path / "cov", workers=2, **kw)
+    before = len(served_covid.seen)
+    covid19_ar.fetch_covid19_ar(tmp_path / "cov", workers=2, **kw)
+    fetched = [s.path for s in served_covid.seen[before:]]
+    assert fetched == ["/listing.csv", "/idc-open-data/series1/broken.dcm"]  # corrupt: tried again
+
+
+def test_covid19_ar_full_disk_in_a_worker_stops_the_run(served_covid, tmp_path, capsys,
+                                                         monkeypatch):
+    def full(path, data, fsync=True):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(images, "atomic_write_bytes", full)   # inherited by the workers
+    code = main(["covid19_ar", "--listing", served_covid.url("listing.csv"), "--mirror",
+                 served_covid.base, "--no-clinical", "--dest", str(tmp_path / "cov"),
+                 "--no-progress", "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "disk is full" in err and "Traceback" not in err
+    assert not (tmp_path / "cov" / "manifest.csv").exists()
+
+
 # ----------------------------------------------------------------------------- the option
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
-@pytest.mark.parametrize("source", ["nih", "chexpert", "mimic"])
+@pytest.mark.parametrize("source", ["nih", "chexpert", "mimic", "covid19_ar"])
 def test_bad_workers_stop_before_any_request(source, value, tmp_path, capsys):
     with LoopbackServer({"/x": Route(b"")}) as srv:
         where = {"nih": ["--mirror", srv.base],
                  "chexpert": ["--url", srv.url("chexpert.zip"), "--allow-http-loopback"],
                  "mimic": ["--mirror", srv.url("cxr"), "--mimic-iv", srv.url("iv"),
-                           "--allow-http-loopback"]}[source]
+                           "--allow-http-loopback"],
+                 "covid19_ar": ["--listing", srv.url("x"), "--mirror", srv.base]}[source]
         with pytest.raises(SystemExit) as stop:
             main([source, *where, "--dest", str(tmp_path / "d"), f"--workers={value}"])
         assert srv.seen == []
@@ -221,10 +281,12 @@ def test_python_api_checks_workers_before_any_request(tmp_path):
                                     allow_http_loopback=True)
         with pytest.raises(ValueError, match="--workers must be"):
             mimic_case.mimic.fetch_mimic(tmp_path / "m", mirror=srv.url("cxr"), workers=True)
+        with pytest.raises(ValueError, match="--workers must be"):
+            covid19_ar.fetch_covid19_ar(tmp_path / "v", listing=srv.url("x"), workers=0)
         assert srv.seen == []
 
 
-@pytest.mark.parametrize("source", ["nih", "chexpert", "mimic"])
+@pytest.mark.parametrize("source", ["nih", "chexpert", "mimic", "covid19_ar"])
 def test_help_documents_workers(source, capsys):
     with pytest.raises(SystemExit):
         main([source, "--help"])

@@ -56,6 +56,25 @@ def test_keys_separate_targets_variants_and_filters(session):
     assert model_key(session, "race", train_filter=mask) != base
 
 
+def test_patient_subset_filter_keeps_validation_and_whole_training_patients(session):
+    from cxrlab.core.store import model_key, patient_subset_filter
+
+    m = session.manifest
+    half = patient_subset_filter(session, 0.5)
+    assert patient_subset_filter(session, 1.0) is None
+    assert half[(m["split"] == "val").to_numpy()].all()                 # every validation image
+    assert not half[(m["split"] == "test").to_numpy()].any()
+    train = m[m["split"] == "train"]
+    kept = set(train.loc[half[train.index], "patient_id"])
+    assert 0 < len(kept) < train["patient_id"].nunique()
+    assert round(train["patient_id"].nunique() / 2) == len(kept)
+    assert half[train.index[train["patient_id"].isin(kept)]].all()      # whole patients
+    np.testing.assert_array_equal(half, patient_subset_filter(session, 0.5))
+    assert model_key(session, "race", train_filter=half) != model_key(session, "race")
+    with pytest.raises(ValueError, match="fraction"):
+        patient_subset_filter(session, 0)
+
+
 def test_other_targets_and_filter(session):
     from cxrlab.core.store import get_model
 
@@ -99,3 +118,20 @@ def test_a_crafted_model_file_does_not_run_and_is_rebuilt(session, capsys, tmp_p
     assert "could not be used" in out and "could run code" in out and "training race model" in out
     np.testing.assert_allclose(again.test_proba, first.test_proba, atol=1e-5)
     assert "payload" not in load_checkpoint(again.path)       # the rebuilt entry is a plain one
+
+
+def test_degraded_models_train_on_half_the_training_patients(session, capsys):
+    import re
+
+    from cxrlab.core.store import get_model
+    from cxrlab.toolbox import degrade
+
+    def images_trained() -> int:
+        return int(re.search(r"training race model \(smallcnn, (\d+) images", capsys.readouterr().out)[1])
+
+    get_model(session, "race", progress=False)
+    everything = images_trained()
+    degraded = degrade.degraded_model(session, "high_pass", 100, progress=False)
+    assert 0 < images_trained() < everything and "-filter" in degraded.key
+    assert degrade.degraded_model(session, "high_pass", 100, progress=False,
+                                  train_fraction=1.0).key.endswith("high_pass-100")

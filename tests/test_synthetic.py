@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import subprocess
 import sys
 import threading
@@ -119,6 +120,47 @@ def test_same_config_gives_byte_identical_cohort(tmp_path):
     generate_cohort(tmp_path / "three", cfg.replace(seed=1), progress=False)
     assert (tmp_path / "three" / "manifest.csv").read_bytes() != \
         (tmp_path / "one" / "manifest.csv").read_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_two_drawing_processes_give_the_same_cohort(tmp_path, monkeypatch):
+    """Chunks drawn by two worker processes: the same files, byte for byte."""
+    from data_fetch.synthetic import cohort
+
+    monkeypatch.setattr(cohort, "PARALLEL_MIN_IMAGES", 0)   # decided in this process
+    monkeypatch.setattr(cohort, "CHUNK_IMAGES", 7)          # several chunks per worker
+    cfg = SyntheticConfig(**TINY)
+    renderer_class = type(cohort.make_renderer(cfg))
+    render, drawn_by = renderer_class.render, tmp_path / "drawn_by.txt"
+
+    def recording(self, row, image_index):                   # the forked workers inherit it
+        with drawn_by.open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        return render(self, row, image_index)
+
+    monkeypatch.setattr(renderer_class, "render", recording)
+    pids = {}
+    for workers in (1, 2):
+        generate_cohort(tmp_path / f"w{workers}", cfg, progress=False, workers=workers)
+        pids[workers] = set(drawn_by.read_text().split())
+        drawn_by.unlink()
+    assert pids[1] == {str(os.getpid())}
+    assert pids[2] and str(os.getpid()) not in pids[2]      # drawn by the workers
+    one, two = (sorted(p.relative_to(tmp_path / f"w{w}") for p in (tmp_path / f"w{w}").rglob("*.png"))
+                for w in (1, 2))
+    assert one == two and len(one) == 2 * len(pd.read_csv(tmp_path / "w1" / "manifest.csv"))
+    for rel in one:
+        assert (tmp_path / "w1" / rel).read_bytes() == (tmp_path / "w2" / rel).read_bytes(), rel
+    assert (tmp_path / "w1" / "manifest.csv").read_bytes() == (tmp_path / "w2" / "manifest.csv").read_bytes()
+
+
+def test_small_cohorts_are_drawn_in_this_process():
+    from data_fetch.synthetic.cohort import PARALLEL_MIN_IMAGES, render_workers
+
+    assert render_workers(PARALLEL_MIN_IMAGES - 1, 8) == 1
+    assert render_workers(10_000, 1) == 1
+    if sys.platform.startswith("linux"):
+        assert render_workers(PARALLEL_MIN_IMAGES, 2) == 2
 
 
 def test_generation_is_atomic_when_interrupted(tmp_path, monkeypatch):

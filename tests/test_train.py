@@ -61,6 +61,35 @@ def test_early_stopping_restores_best_epoch(tmp_path, monkeypatch):
         torch.testing.assert_close(tensor, snapshots[2][name])
 
 
+@pytest.mark.parametrize("aucs, best, trained", [
+    ([0.8, 1.0, 0.9, 0.95, 0.97, 0.99], 2, 2),       # perfect at epoch 2: stops there
+    ([1.0, 0.9, 0.95, 0.97, 0.99, 0.99], 1, 2),      # perfect at once: still a second epoch
+    ([0.8, 0.9, 0.95, 0.97, 0.99, 0.999], 6, 6)])    # never perfect: every epoch
+def test_a_perfect_validation_auc_ends_training(monkeypatch, aucs, best, trained):
+    """No epoch can beat an AUC of 1.0, so training stops (from epoch 2) with the same best."""
+    import cxrlab.core.train as train
+
+    scripted = iter(aucs)
+    monkeypatch.setattr(train, "_validation_metric", lambda task, y, pred: ("val_auc", next(scripted)))
+    images, y = _data()
+    history = fit(build_model("smallcnn", 3), CXRDataset(images, y), CXRDataset(images[:12], y[:12]),
+                  epochs=6, lr=1e-2, batch_size=16, patience=5, device="cpu", task="multiclass",
+                  monitor="val_auc", progress=False)
+    assert history.best_epoch == best and len(history.epochs) == trained
+    assert history.stopped_early is (trained < 6)
+
+
+def test_a_perfect_auc_does_not_stop_a_run_watching_the_loss(monkeypatch):
+    import cxrlab.core.train as train
+
+    monkeypatch.setattr(train, "_validation_metric", lambda task, y, pred: ("val_auc", 1.0))
+    images, y = _data()
+    history = fit(build_model("smallcnn", 3), CXRDataset(images, y), CXRDataset(images[:12], y[:12]),
+                  epochs=3, lr=1e-2, batch_size=16, patience=5, device="cpu", task="multiclass",
+                  monitor="val_loss", progress=False)
+    assert len(history.epochs) == 3
+
+
 def test_reproducible_with_seed():
     images, y = _data(n=24)
     runs = []

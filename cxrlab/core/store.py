@@ -94,6 +94,25 @@ def model_key(session, target: str, variant: str = "clean",
     return _slug(key)
 
 
+def patient_subset_filter(session, fraction: float, seed: int | None = None) -> np.ndarray | None:
+    """A ``train_filter`` for :func:`get_model` that keeps every validation image and the
+    images of a seeded random ``fraction`` of the training patients (whole patients; the test
+    split is never filtered). ``None`` when ``fraction`` >= 1 (train on everything).
+
+    ``seed`` defaults to the session's; the same session and fraction give the same subset,
+    hence the same store key.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction >= 1:
+        return None
+    split, patients = session.manifest["split"], session.manifest["patient_id"].astype(str)
+    train_patients = np.array(sorted(patients[split == "train"].unique()))
+    rng = np.random.default_rng(session.seed if seed is None else seed)
+    kept = rng.permutation(train_patients)[:max(1, round(fraction * len(train_patients)))]
+    return ((split == "val") | ((split == "train") & patients.isin(kept))).to_numpy()
+
+
 def _rows(session, split: str, targets: np.ndarray, task: str,
           train_filter: np.ndarray | None) -> np.ndarray:
     mask = (session.manifest["split"] == split).to_numpy() & task_spec(task).known(targets)

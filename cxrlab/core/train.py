@@ -287,7 +287,10 @@ def fit(
     The weights of the epoch with the best ``monitor`` (``"val_loss"``, lower is better, or
     ``"val_auc"``, higher is better) are saved to ``checkpoint`` (atomically; kept in memory
     when ``checkpoint`` is None) and loaded back into ``model`` at the end. Training stops
-    after ``patience`` epochs without improvement. ``seed`` fixes initialisation order,
+    after ``patience`` epochs without improvement, or (``monitor="val_auc"``) as soon as the
+    validation AUC is perfect, from the second epoch on: no later epoch could beat it, so the
+    weights kept are the same and the remaining epochs would only cost time (the course's
+    synthetic race models reach 1.0 within a few epochs). ``seed`` fixes initialisation order,
     shuffling and augmentation. For regression the targets are standardised with the training
     mean and std (stored in the model, so :func:`predict` answers in the original units).
 
@@ -339,11 +342,22 @@ def fit(
             waited += 1
         if progress:
             print(_epoch_line(record, epoch == history.best_epoch))
-        if waited >= patience:
+        if waited >= patience or _cannot_improve(best_value, watched, epoch):
             history.stopped_early = epoch < epochs
             break
     _restore_best(model, checkpoint, best_state, device)
     return history
+
+
+#: Epochs always trained before a perfect validation AUC stops a run (a learning curve needs two).
+MIN_EPOCHS_BEFORE_PERFECT_STOP = 2
+
+
+def _cannot_improve(best: float | None, monitor: str, epoch: int) -> bool:
+    """Whether the best value so far is a validation AUC of 1.0, which no epoch can beat
+    (:func:`_improved` needs a strictly higher AUC), after the first epochs."""
+    return (monitor == "val_auc" and best is not None and not np.isnan(best) and best >= 1.0
+            and epoch >= MIN_EPOCHS_BEFORE_PERFECT_STOP)
 
 
 def _epoch_line(record: dict[str, float], best: bool) -> str:

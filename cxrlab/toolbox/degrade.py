@@ -594,14 +594,24 @@ def sweep_at_test_time(trained_model: Any, images: np.ndarray, y_true: np.ndarra
     return pd.DataFrame(rows)
 
 
+#: Share of the training patients a degraded model trains on (every validation and test image
+#: is kept): half the training time. On demo (580 of 1,160 training images, 2026-12-02) the
+#: macro AUCs were 0.97 / 0.95 / 0.72 at high-pass 50 / high-pass 100 / low-pass 10, against
+#: 1.00 / 1.00 / 0.76 on every training image and 0.68 / 0.51 / 0.54 for the clean model.
+DEGRADED_TRAIN_FRACTION = 0.5
+
+
 def degraded_model(session: Any, name: str, level: float, target: str = "race",
-                   progress: bool = True) -> Any:
+                   progress: bool = True, train_fraction: float = DEGRADED_TRAIN_FRACTION) -> Any:
     """The store's ``target`` model trained, validated and tested on images degraded by
-    ``make_degradation(name, level)`` (variant ``"<name>-<level>"``): trained once, then loaded."""
-    from cxrlab.core.store import get_model
+    ``make_degradation(name, level)`` (variant ``"<name>-<level>"``), on ``train_fraction``
+    of the training patients (:func:`cxrlab.core.store.patient_subset_filter`): trained once,
+    then loaded."""
+    from cxrlab.core.store import get_model, patient_subset_filter
 
     return get_model(session, target, variant=f"{name}-{level:g}",
-                     train_transform=make_degradation(name, level), progress=progress)
+                     train_transform=make_degradation(name, level),
+                     train_filter=patient_subset_filter(session, train_fraction), progress=progress)
 
 
 def train_on_degraded(session: Any, name: str, levels: Sequence[float], target: str = "race",

@@ -29,7 +29,9 @@ Downloads use this package's own HTTP path (not s5cmd): each series folder
 ``s3://idc-open-data/<uuid>/*`` is listed through the bucket's public S3 listing and every
 DICOM is fetched over HTTPS to ``<name>.part``, resumed with ranged requests after a drop,
 checked against the size the listing declares and only then renamed; a re-run skips what is
-converted. ``gs://`` and ``s3://`` addresses go to storage.googleapis.com / s3.amazonaws.com;
+converted. Downloads go one at a time; ``--workers N`` processes decode the DICOMs and write
+the PNGs meanwhile, in the listing's order (the dataset is the same whatever N).
+``gs://`` and ``s3://`` addresses go to storage.googleapis.com / s3.amazonaws.com;
 ``--mirror`` replaces that host.
 
 Self-reported race, sex and age: by default from IDC's clinical table ``covid_19_ar_clinical``
@@ -57,6 +59,8 @@ import io
 import json
 import re
 import xml.etree.ElementTree as ET
+from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +70,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data_fetch import download as dl
+from data_fetch.ingest import PENDING_PER_WORKER, Done, ImagePool, fetch_pool
 from data_fetch.sources import _common as C
+from data_fetch.sources.cli import add_workers_arg
+from data_fetch.sources.dataset import check_workers
 
 NAME = "covid19_ar"
 TITLE = "TCIA COVID-19-AR"
@@ -433,17 +440,53 @@ def _fetch_one(url: str, expected_size: int, dest: Path, size: int, keep_dicom: 
     A file left out for good (not a frontal radiograph) is remembered as such, so a re-run
     does not download it again; a corrupt file is tried again on the next run.
     """
-    key = Path(url.split("?")[0]).stem
+    key = dicom_key(url)
+    meta = stored_meta(dest, key)
+    if meta is not None:
+        return meta
+    dcm = download_dicom(url, expected_size, dest, key, net)
+    return convert_dicom(dcm, dest, key, size, keep_dicom)
+
+
+def dicom_key(url: str) -> str:
+    """The name a DICOM's PNG and metadata are stored under (its file name without ``.dcm``)."""
+    return Path(url.split("?")[0]).stem
+
+
+def stored_meta(dest: Path, key: str) -> dict[str, Any] | None:
+    """The metadata of an image a previous run converted, or None when it must be fetched.
+
+    Raises :class:`ExcludedImage` for a file a previous run left out for good.
+    """
     meta_path = dest / "_meta" / f"{key}.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if "excluded" in meta:
-            raise ExcludedImage(meta["excluded"])
-        if (dest / meta["path"]).exists():
-            return meta
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if "excluded" in meta:
+        raise ExcludedImage(meta["excluded"])
+    return meta if (dest / meta["path"]).exists() else None
+
+
+def download_dicom(url: str, expected_size: int, dest: Path, key: str, net: dict) -> Path:
+    """Download one DICOM to ``dest/_dicom/<key>.dcm`` and check its size against the listing."""
     dcm = dl.download(url, dest / "_dicom" / f"{key}.dcm", progress=False, **net)
     try:
         _check_size(dcm, expected_size, key)
+    except C.CorruptImageError:
+        dcm.unlink(missing_ok=True)          # never reused: the next run fetches it afresh
+        raise
+    return dcm
+
+
+def convert_dicom(dcm: Path, dest: Path, key: str, size: int, keep_dicom: bool) -> dict[str, Any]:
+    """Convert a downloaded DICOM to ``images/<key>.png`` and cache its metadata as JSON.
+
+    The work a ``--workers`` process does. Raises :class:`ExcludedImage` (remembered, so a
+    re-run does not download the file again) or ``CorruptImageError`` (the DICOM is deleted
+    and fetched afresh next time).
+    """
+    meta_path = dest / "_meta" / f"{key}.json"
+    try:
         img, meta = dicom_to_image(dcm.read_bytes(), key)
     except ExcludedImage as err:
         _write_json(meta_path, {"excluded": str(err), "key": key})
@@ -459,6 +502,55 @@ def _fetch_one(url: str, expected_size: int, dest: Path, size: int, keep_dicom: 
     C.save_png(C.square_resize(img, size), dest / meta["path"])
     _write_json(meta_path, meta)
     return meta
+
+
+def fetch_all(files: list[tuple[str, int]], dest: Path, size: int, keep_dicom: bool, net: dict,
+              pool: ImagePool, progress: bool = False
+              ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Fetch and convert every ``(url, size)``: the metadata of the images kept and the
+    ``(key, reason)`` of those left out, both in the order of ``files``.
+
+    Downloads happen here, one at a time; conversions run in ``pool`` meanwhile, at most
+    ``PENDING_PER_WORKER`` per worker ahead of the result being collected. An error other
+    than a bad image (disk full, Ctrl-C) stops the run; closing the pool then lets the
+    conversions already started finish (each PNG and JSON is renamed into place whole).
+    """
+    metas: list[dict[str, Any]] = []
+    excluded: list[tuple[str, str]] = []
+    pending: deque[tuple[str, Future | Done]] = deque()
+    limit = max(1, pool.workers * PENDING_PER_WORKER)
+    bar = tqdm(total=len(files), desc=NAME, unit=" img", disable=not progress)
+
+    def collect() -> None:
+        key, job = pending.popleft()
+        try:
+            metas.append(job.result())
+        except (C.CorruptImageError, ExcludedImage) as err:
+            excluded.append((key, str(err).split(": ", 1)[-1]))
+        bar.update()
+
+    with bar:
+        for url, expected in files:
+            pending.append((dicom_key(url), _start(url, expected, dest, size, keep_dicom, net, pool)))
+            while pending and (len(pending) > limit or pending[0][1].done()):
+                collect()
+        while pending:
+            collect()
+    return metas, excluded
+
+
+def _start(url: str, expected: int, dest: Path, size: int, keep_dicom: bool, net: dict,
+           pool: ImagePool) -> Future | Done:
+    """The job of one file: found stored or downloaded here, then converted in ``pool``."""
+    key = dicom_key(url)
+    try:
+        meta = stored_meta(dest, key)
+        if meta is not None:
+            return Done(meta)
+        dcm = download_dicom(url, expected, dest, key, net)
+    except (C.CorruptImageError, ExcludedImage) as err:
+        return Done(None, err)
+    return pool.call(convert_dicom, dcm, dest, key, size, keep_dicom)
 
 
 def _check_size(path: Path, expected: int, key: str) -> None:
@@ -517,14 +609,18 @@ def fetch_covid19_ar(dest: str | Path | None = None, *, listing: str | Path | No
                      limit: int | None = None, mirror: str | None = None, seed: int = 0,
                      keep_dicom: bool = False, name: str = C.DEFAULT_NAME,
                      dry_run: bool = False, progress: bool = True, retries: int = 5,
-                     backoff: float = 1.0) -> Path | None:
+                     backoff: float = 1.0, workers: int | None = None) -> Path | None:
     """Fetch COVID-19-AR's frontal radiographs (from the bundled IDC index, or ``listing``),
     convert them to PNG, join self-reported race/sex/age and write the manifest; returns its path.
+
+    DICOMs are downloaded one at a time; ``workers`` processes convert them meanwhile (None:
+    every core; 1: this process only), with the same result whatever the number.
 
     >>> # fetch_covid19_ar(dry_run=True)     # offline: the IDC selection and its size
     """
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number, got {limit}")
+    check_workers(workers)
     dest = C.resolve_dest(NAME, dest, name)
     net = {"retries": retries, "backoff": backoff}
     table, origin = _selection(listing or C.env_default("COVID19_AR_LISTING"), mirror, net)
@@ -541,12 +637,8 @@ def fetch_covid19_ar(dest: str | Path | None = None, *, listing: str | Path | No
     clin, clinical_note = load_clinical(clinical or C.env_default("COVID19_AR_CLINICAL"),
                                         clinical_sha256, no_clinical, mirror, net)
     files = expand_folders(table, dest, **net)
-    metas, excluded = [], []
-    for url, expected in tqdm(files, desc=NAME, unit=" img", disable=not progress):
-        try:
-            metas.append(_fetch_one(url, expected, dest, size, keep_dicom, net))
-        except (C.CorruptImageError, ExcludedImage) as err:
-            excluded.append((Path(url).stem, str(err).split(": ", 1)[-1]))
+    with fetch_pool(workers) as pool:
+        metas, excluded = fetch_all(files, dest, size, keep_dicom, net, pool, progress)
     df = build_manifest(metas, clin, seed)
     card = {"source": NAME, "title": TITLE, "size": size, "license": "CC BY 4.0",
             "targets": ["race", "sex", "age"], "role": "evaluation only (104 patients)",
@@ -574,6 +666,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-clinical", action="store_true",
                    help="go on without a clinical table (race stays missing)")
     p.add_argument("--keep-dicom", action="store_true", help="keep the original DICOM files")
+    add_workers_arg(p)
     return p
 
 
@@ -583,7 +676,7 @@ def run(args: argparse.Namespace) -> int:
                            clinical_sha256=args.clinical_sha256, no_clinical=args.no_clinical,
                            size=args.size, limit=args.limit, mirror=args.mirror, seed=args.seed,
                            keep_dicom=args.keep_dicom, name=args.name, dry_run=args.dry_run,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, workers=args.workers)
     if out is not None:
         C.say(f"{TITLE} ready: {out}")
     return 0

@@ -9,9 +9,12 @@
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
+import sys
 import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,10 @@ from data_fetch.synthetic.render import Renderer
 from data_fetch.synthetic.version import GENERATOR_VERSION
 
 SOURCE = "synthetic"
+#: Cohorts with fewer images are drawn in the calling process: a pool would cost more than it saves.
+PARALLEL_MIN_IMAGES = 500
+#: Images one worker draws at a time (consecutive rows, so a patient's studies mostly stay together).
+CHUNK_IMAGES = 100
 
 
 def build_table(cfg: SyntheticConfig) -> pd.DataFrame:
@@ -75,16 +82,77 @@ def make_renderer(cfg: SyntheticConfig) -> Renderer:
     return Renderer(cfg)
 
 
-def _render_all(folder: Path, table: pd.DataFrame, cfg: SyntheticConfig, progress: bool) -> None:
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    renderer = make_renderer(cfg)
-    rows = table.to_dict("records")
-    for i, row in enumerate(tqdm(rows, desc=f"synthetic {cfg.image_size}px", unit="img",
-                                 disable=not progress)):
+def render_workers(n_images: int, workers: int | None = None) -> int:
+    """How many processes draw a cohort of ``n_images``: ``workers`` (None: every core this
+    process may use), but one for a cohort under :data:`PARALLEL_MIN_IMAGES` images, and one
+    where processes cannot be forked (macOS, Windows: a spawned worker would re-run the
+    caller's script, which a script without a ``__main__`` guard does not survive).
+
+    >>> render_workers(100, 8), render_workers(5000, 1)
+    (1, 1)
+    """
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if n_images < PARALLEL_MIN_IMAGES or not _can_fork():
+        return 1
+    return max(1, min(int(workers), -(-n_images // CHUNK_IMAGES)))
+
+
+def _can_fork() -> bool:
+    """Whether worker processes can be forked here (Linux: yes; macOS, Windows: no)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+_WORKER_RENDERER: dict[str, Renderer] = {}
+
+
+def _worker_renderer(cfg: SyntheticConfig) -> Renderer:
+    """The renderer of a worker process, made once per config (a worker draws many chunks)."""
+    key = cfg.digest()
+    if key not in _WORKER_RENDERER:
+        _WORKER_RENDERER.clear()
+        _WORKER_RENDERER[key] = make_renderer(cfg)
+    return _WORKER_RENDERER[key]
+
+
+def render_rows(folder: Path, cfg: SyntheticConfig, rows: list[dict[str, Any]], start: int,
+                renderer: Renderer | None = None) -> int:
+    """Draw ``rows`` (image numbers ``start``, ``start + 1``, ...) into ``folder``'s images/ and
+    masks/ with ``renderer`` (None: this worker process's own); returns how many were drawn.
+    Every image depends only on its row, its number and the config, so the cohort is the same
+    whichever process draws which rows."""
+    renderer = renderer or _worker_renderer(cfg)
+    for i, row in enumerate(rows, start=start):
         img, mask = renderer.render(row, image_index=i)
         Image.fromarray(img).save(folder / "images" / f"{row['image_id']}.png")
         Image.fromarray(mask).save(folder / "masks" / f"{row['image_id']}.png")
+    return len(rows)
+
+
+def _render_all(folder: Path, table: pd.DataFrame, cfg: SyntheticConfig, progress: bool,
+                workers: int | None = None) -> None:
+    """Draw every image of ``table``, in :func:`render_workers` processes."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rows = table.to_dict("records")
+    n_workers = render_workers(len(rows), workers)
+    bar = tqdm(total=len(rows), desc=f"synthetic {cfg.image_size}px", unit="img",
+               disable=not progress)
+    with bar:
+        if n_workers == 1:
+            renderer = make_renderer(cfg)
+            for start in range(0, len(rows), CHUNK_IMAGES):
+                bar.update(render_rows(folder, cfg, rows[start:start + CHUNK_IMAGES], start,
+                                       renderer))
+            return
+        # forked: nothing is imported again, and the workers only use numpy, scipy and PIL
+        # (never torch, whose threads a kernel may have running; forking leaves those behind)
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
+            jobs = [pool.submit(render_rows, folder, cfg, rows[start:start + CHUNK_IMAGES], start)
+                    for start in range(0, len(rows), CHUNK_IMAGES)]
+            for job in as_completed(jobs):
+                bar.update(job.result())
 
 
 def card_dict(cfg: SyntheticConfig) -> dict[str, Any]:
@@ -97,9 +165,10 @@ def card_dict(cfg: SyntheticConfig) -> dict[str, Any]:
                                "true_* = ground truth"}
 
 
-def _write_into(folder: Path, cfg: SyntheticConfig, progress: bool) -> pd.DataFrame:
+def _write_into(folder: Path, cfg: SyntheticConfig, progress: bool,
+                workers: int | None = None) -> pd.DataFrame:
     table = build_table(cfg)
-    _render_all(folder, table, cfg, progress)
+    _render_all(folder, table, cfg, progress, workers)
     df = manifest_columns(table, cfg)
     write_manifest(df, folder, card=card_dict(cfg))
     write_data_card(folder, cfg, df)
@@ -112,12 +181,15 @@ def _temp_beside(dest: Path) -> Path:
 
 
 def generate_cohort(dest: str | Path, config: SyntheticConfig | None = None,
-                    progress: bool = True, overwrite: bool = False) -> pd.DataFrame:
+                    progress: bool = True, overwrite: bool = False,
+                    workers: int | None = None) -> pd.DataFrame:
     """Write a cohort (images/, masks/, manifest.csv, manifest.json, DATA_CARD.md) to ``dest``.
 
     The cohort is built in a temporary folder beside ``dest`` and renamed into place at the
     end, so an interruption never leaves half a cohort. ``dest`` must not exist (or be
-    empty) unless ``overwrite=True``. Returns the manifest as written.
+    empty) unless ``overwrite=True``. ``workers``: processes that draw the images (None:
+    every core; see :func:`render_workers`); the images are the same whatever the number.
+    Returns the manifest as written.
     """
     cfg = config or SyntheticConfig()
     dest = Path(dest)
@@ -126,7 +198,7 @@ def generate_cohort(dest: str | Path, config: SyntheticConfig | None = None,
                               "choose another --dest or pass overwrite=True")
     tmp = _temp_beside(dest)
     try:
-        df = _write_into(tmp, cfg, progress)
+        df = _write_into(tmp, cfg, progress, workers)
         _move_into_place(tmp, dest, replace=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -160,7 +232,8 @@ def cohort_name(cfg: SyntheticConfig, label: str | None) -> str:
 
 
 def prepare(config: SyntheticConfig | None = None, label: str | None = None,
-            root: str | Path | None = None, progress: bool = True, **overrides: Any) -> Path:
+            root: str | Path | None = None, progress: bool = True, workers: int | None = None,
+            **overrides: Any) -> Path:
     """Return the folder of the cohort for ``config`` (or the knobs in ``overrides``), making it once.
 
     Sizes are knobs like any other (``n_patients``, ``image_size``): the caller passes them, and
@@ -168,6 +241,8 @@ def prepare(config: SyntheticConfig | None = None, label: str | None = None,
     (cxrlab passes its preset's name and sizes). If it is
     already complete it is reused; otherwise it is generated into a temporary folder and
     renamed. When two processes race, the loser discards its copy and uses the winner's.
+    ``workers``: processes that draw the images (None: every core; the same images whatever
+    the number; see :func:`render_workers`).
 
     >>> import tempfile
     >>> path = prepare(label="demo", root=tempfile.mkdtemp(), progress=False,
@@ -188,7 +263,7 @@ def prepare(config: SyntheticConfig | None = None, label: str | None = None,
                               "delete it and call prepare() again")
     tmp = _temp_beside(dest)
     try:
-        _write_into(tmp, config, progress)
+        _write_into(tmp, config, progress, workers)
         _move_into_place(tmp, dest, replace=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
