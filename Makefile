@@ -43,11 +43,19 @@ course:  ## run the learner chapters headless on the synthetic cohort into build
 
 test: test-unit test-notebooks  ## unit tests, fetchers, grading, browser, then every notebook under nbval
 
+# Unit tests run their files on TEST_JOBS pytest-xdist workers (a file stays on one worker, so
+# module fixtures are built once; tests/conftest.py starts the longest files first). Much of
+# their time is spent waiting on kernels, subprocesses and loopback servers. TEST_JOBS=0, or a
+# .venv made before pytest-xdist joined the dev extra (`make setup` adds it): one process.
+TEST_JOBS ?= 2
+HAVE_XDIST = $(shell $(PY) -c "import xdist" 2>/dev/null && echo yes)
+XDIST = $(if $(filter-out 0,$(TEST_JOBS)),$(if $(HAVE_XDIST),-n $(TEST_JOBS) --dist loadfile))
+
 test-fast:  ## contributors' quick loop: unit tests without the slow and browser ones
-	$(PY) -m pytest tests -m "not slow and not browser" -q
+	$(PY) -m pytest tests -m "not slow and not browser" -q $(XDIST)
 
 test-unit:
-	$(PY) -m pytest tests --doctest-modules cxrlab data_fetch
+	$(PY) -m pytest tests --doctest-modules cxrlab data_fetch $(XDIST)
 
 test-notebooks:
 	CXRLAB_PRESET=demo CXRLAB_DATA=$(CXRLAB_TEST_DATA) $(PY) -m pytest -p no:cacheprovider \

@@ -11,8 +11,7 @@ from cxrlab.coursetools import covid_fixture as fx
 from data_fetch.manifest import read_manifest
 
 
-def test_fixture_goes_through_the_real_fetcher(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
+def test_fixture_goes_through_the_real_fetcher():
     folder = fx.build_fixture_dataset()
     df = read_manifest(folder, check_files=True)
     assert folder.name == fx.FIXTURE_NAME and len(df) == 19 and df["patient_id"].nunique() == 18
@@ -28,13 +27,12 @@ def test_fixture_goes_through_the_real_fetcher(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ci_uses_the_fixture_without_network(tmp_path, monkeypatch):
+def test_ci_uses_the_fixture_without_network(isolated_data_folder, monkeypatch):
     pytest.importorskip("torchxrayvision", reason="pip install -e '.[real]' runs this test")
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
     monkeypatch.setenv("CI", "true")
     track = fx.chapter_track()
     assert track.is_fixture and "CI" in track.why
-    assert not (tmp_path / "published" / "SHA256SUMS").exists()    # real pins untouched
+    assert not (isolated_data_folder / "published" / "SHA256SUMS").exists()    # real pins untouched
     assert track.model.targets == ["Asian", "Black", "White"]
 
 

@@ -9,8 +9,7 @@ from cxrlab.coursetools import envcheck
 
 
 @pytest.fixture(autouse=True)
-def _tmp_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def _no_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no real ~/.netrc
     monkeypatch.delenv("NETRC", raising=False)
     for names in envcheck.RESTRICTED_TRACK_ENV.values():
@@ -23,13 +22,13 @@ def _by_source(rows):
     return {r.source: r for r in rows}
 
 
-def test_report_has_versions_hardware_and_data_location(tmp_path):
+def test_report_has_versions_hardware_and_data_location(isolated_data_folder):
     rep = envcheck.report()
     assert rep["versions"]["python"].count(".") == 2
     assert rep["versions"]["torch"] != "missing"
     assert rep["hardware"]["cpu_count"] >= 1
     assert rep["hardware"]["memory_available_gb"] > 0
-    assert rep["data"]["data_root"] == str(tmp_path / "data")
+    assert rep["data"]["data_root"] == str(isolated_data_folder)
     assert rep["data"]["chosen_by"] == "$CXRLAB_DATA"
     assert rep["data"]["disk_free_gb"] > 0
     assert [t["source"] for t in rep["tracks"]] == list(envcheck.ALL_TRACKS)
@@ -102,14 +101,14 @@ def test_credentials_detected_but_never_shown(tmp_path):
     assert rows["mimic"].ready is False and "PHYSIONET_PASSWORD" in rows["mimic"].detail
 
 
-def test_netrc_and_prepared_copies_count(tmp_path):
+def test_netrc_and_prepared_copies_count(tmp_path, isolated_data_folder):
     home = tmp_path / "home"
     home.mkdir()
     netrc_file = home / ".netrc"
     netrc_file.write_text("machine physionet.org login alice password s3cret\n")
     netrc_file.chmod(0o600)
-    (tmp_path / "data" / "chexpert" / "small").mkdir(parents=True)
-    (tmp_path / "data" / "chexpert" / "small" / "manifest.csv").write_text("image_id\n")
+    (isolated_data_folder / "chexpert" / "small").mkdir(parents=True)
+    (isolated_data_folder / "chexpert" / "small" / "manifest.csv").write_text("image_id\n")
     rows = _by_source(envcheck.track_status(env={}))
     assert rows["mimic"].ready and "netrc" in rows["mimic"].detail and "s3cret" not in rows["mimic"].detail
     assert rows["chexpert"].prepared and rows["chexpert"].ready

@@ -73,7 +73,7 @@ def test_binder_pins_python_and_cpu_torch():
 
 def test_learner_image_has_no_test_or_grading_tools():
     conda = conda_requirements()
-    for tool in ("pytest", "nbval", "pytest-timeout", "nbgrader", "playwright"):
+    for tool in ("pytest", "nbval", "pytest-timeout", "pytest-xdist", "nbgrader", "playwright"):
         assert tool not in conda, f"{tool} is for CI and instructors, not the Binder image"
 
 

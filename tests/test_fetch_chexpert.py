@@ -68,8 +68,7 @@ def demo_xlsx() -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def data_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def no_chexpert_location(monkeypatch):
     monkeypatch.delenv("CHEXPERT_URL", raising=False)
     monkeypatch.delenv("CHEXPERT_DIR", raising=False)
 

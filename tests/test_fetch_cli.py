@@ -15,11 +15,6 @@ from tests.servers import LoopbackServer
 from tests.test_fetch_nih import ARCHIVE_MD5, IMAGES, mirror_routes  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def data_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
-
-
 def test_help_lists_every_source_with_its_access(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
@@ -38,11 +33,11 @@ def test_each_source_has_help(source, capsys):
     assert "--dest" in text and "--dry-run" in text and "--size" in text
 
 
-def test_nih_through_cli_then_list(tmp_path, capsys, monkeypatch):
+def test_nih_through_cli_then_list(isolated_data_folder, capsys, monkeypatch):
     monkeypatch.setattr("data_fetch.sources.nih.ARCHIVE_MD5", {1: ARCHIVE_MD5})
     with LoopbackServer(mirror_routes()) as srv:
         assert main(["nih", "--mirror", srv.base, "--size", "16", "--no-progress"]) == 0
-    df = read_manifest(tmp_path / "data" / "nih" / "default")
+    df = read_manifest(isolated_data_folder / "nih" / "default")
     assert len(df) == len(IMAGES)
     assert main(["list"]) == 0
     out = capsys.readouterr().out

@@ -32,8 +32,7 @@ def clinical_xlsx() -> bytes:
 
 
 @pytest.fixture()
-def served(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def served():
     files = {}
     for i, patient in enumerate(PATIENTS):
         files[f"series{i}/inst{i}.dcm"] = make_dicom(patient, "MONOCHROME1" if i == 0 else "MONOCHROME2")
@@ -107,8 +106,7 @@ def test_rerun_skips_converted_and_excluded_images(served, tmp_path):
     assert fetched == ["/listing.csv", "/idc-open-data/series1/broken.dcm"]  # corrupt: tried again
 
 
-def test_s5cmd_manifest_lists_series_folders(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def test_s5cmd_manifest_lists_series_folders(tmp_path):
     one, two = make_dicom("P1"), make_dicom("P2")
     routes = {"/idc-open-data": Route(s3_listing([("ser/a.dcm", len(one)), ("ser/b.dcm", len(two))]),
                                       "application/xml"),
@@ -164,9 +162,8 @@ def idc_clinical_parquet() -> bytes:
 
 
 @pytest.fixture()
-def idc_mirror(tmp_path, monkeypatch):
+def idc_mirror(monkeypatch):
     """A loopback IDC: two frontal series (one cut off once mid-transfer) and the clinical table."""
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
     monkeypatch.setattr(cov, "idc_selection", fake_index)
     a, b = make_dicom("COVID-19-AR-1001"), make_dicom("COVID-19-AR-1002", "MONOCHROME1")
     clinical_key = (f"bigquery_export/idc_{cov.idc_version()}_clinical/"
@@ -202,8 +199,7 @@ def test_size_mismatch_with_the_listing_is_not_taken(idc_mirror, tmp_path):
     assert not list((tmp_path / "d").rglob("*.dcm"))          # nothing partial kept
 
 
-def test_no_clinical_table_reachable_is_one_clear_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def test_no_clinical_table_reachable_is_one_clear_line(monkeypatch, capsys):
     monkeypatch.setattr(cov, "idc_selection", fake_index)
     with LoopbackServer({}) as srv:                  # answers 404 to everything
         code = main(["covid19_ar", "--mirror", srv.base, "--no-progress"])

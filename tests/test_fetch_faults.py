@@ -25,8 +25,7 @@ BODY = b"x" * 5000
 
 
 @pytest.fixture(autouse=True)
-def data_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def pinned_archive_md5(monkeypatch):
     monkeypatch.setattr("data_fetch.sources.nih.ARCHIVE_MD5", {1: ARCHIVE_MD5})
 
 

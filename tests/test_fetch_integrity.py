@@ -25,11 +25,6 @@ from tests.servers import LoopbackServer, Route
 from tests.test_fetch_nih import CORRUPT, IMAGES, data_entry_csv, mirror_routes, png_bytes
 
 
-@pytest.fixture(autouse=True)
-def data_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
-
-
 def tar_bytes(members: list[tuple[str, bytes]]) -> tuple[bytes, list[int]]:
     """An uncompressed tar and the offset where each member ends (a member boundary)."""
     buf, ends = io.BytesIO(), []

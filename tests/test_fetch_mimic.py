@@ -72,7 +72,6 @@ def build_files(race_column: str = "race") -> dict[str, bytes]:
 
 @pytest.fixture()
 def server(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setattr(mimic, "CREDENTIAL_HOST", "127.0.0.1")  # $PHYSIONET_* belong to the test host
     routes = {f"/{k}": Route(v, auth=(USER, PASSWORD)) for k, v in build_files().items()}

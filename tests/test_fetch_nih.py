@@ -77,11 +77,6 @@ def mirror_routes(**archive_kw) -> dict[str, Route]:
             "/train_val_list.txt": Route(train_val.encode(), "text/plain")}
 
 
-@pytest.fixture(autouse=True)
-def data_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
-
-
 def fetch(srv, dest, **kw):
     kw.setdefault("md5", {1: ARCHIVE_MD5})
     return nih.fetch_nih(dest, mirror=srv.base, size=32, progress=False, backoff=0, **kw)

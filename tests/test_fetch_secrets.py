@@ -34,7 +34,6 @@ SECRETS = (PASSWORD, BASIC, TOKEN, SIGNATURE)
 
 @pytest.fixture(autouse=True)
 def quiet_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     for name in ("CHEXPERT_URL", "CHEXPERT_DIR", "PHYSIONET_USERNAME", "PHYSIONET_PASSWORD"):
         monkeypatch.delenv(name, raising=False)

@@ -467,8 +467,9 @@ def _guide_blocks() -> list[tuple[str, bool, str]]:
 def sandbox(tmp_path) -> Path:
     """A course checkout in miniature: the Makefile, the venv, one fabricated chapter, one learner."""
     shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
-    (tmp_path / ".venv").symlink_to(Path(sys.executable).resolve().parents[1]
-                                    if not (REPO / ".venv").exists() else REPO / ".venv")
+    # the running venv where the checkout has none (a git worktree): resolving sys.executable
+    # would name the base interpreter, whose site-packages hold none of the course's libraries
+    (tmp_path / ".venv").symlink_to(REPO / ".venv" if (REPO / ".venv").exists() else Path(sys.prefix))
     make_solution_notebook(tmp_path / "solutions" / "ch07_tiny.ipynb")
     (tmp_path / "submissions" / "ana").mkdir(parents=True)
     shutil.copy(tmp_path / "solutions" / "ch07_tiny.ipynb", tmp_path / "submissions" / "ana")

@@ -60,8 +60,6 @@ def test_prebuild_trains_once_and_the_chapter_finds_the_models(tmp_path, monkeyp
     from cxrlab import degrade, store
     from cxrlab.session import setup
 
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
-    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
     monkeypatch.setitem(presets.PRESETS, "tiny", TINY)
     chapters = tmp_path / "chapters"
     chapters.mkdir()
@@ -86,8 +84,6 @@ def test_prebuild_trains_chapter_6s_models_and_the_chapter_loads_them(tmp_path, 
     from cxrlab.session import setup
     from cxrlab.toolbox import debiasing
 
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
-    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
     monkeypatch.setitem(presets.PRESETS, "tiny", TINY)
     chapters = tmp_path / "chapters"
     chapters.mkdir()

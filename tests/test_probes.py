@@ -242,7 +242,7 @@ def test_paired_macro_auc_difference_sees_a_gap_two_overlapping_intervals_hide()
 # --- end to end: the chapter's shortcut probe on a tiny synthetic cohort ---------------------------
 
 @pytest.mark.slow
-def test_site_shortcut_probe_flags_site_when_group_signal_is_off(tmp_path, monkeypatch):
+def test_site_shortcut_probe_flags_site_when_group_signal_is_off(monkeypatch):
     """group_signal=0 + site confounding on: a group model can only use the site -> flagged.
 
     The independent test set is a second cohort with site_confounding=0: the synthetic world
@@ -251,7 +251,6 @@ def test_site_shortcut_probe_flags_site_when_group_signal_is_off(tmp_path, monke
     import cxrlab
     from cxrlab.core import store
 
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
     monkeypatch.setenv("CXRLAB_PRESET", "demo")
     knobs = dict(progress=False, group_signal=0.0, image_size=32)
     S0 = cxrlab.setup("synthetic", "demo", 0, site_confounding=0.6, n_patients=120, **knobs)

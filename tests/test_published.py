@@ -30,8 +30,8 @@ def race_state_dict(favour: int | None = None) -> dict[str, torch.Tensor]:
     return nn.DataParallel(net).state_dict()
 
 
-def place(key: str, obj, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def place(key: str, obj) -> None:
+    """Put ``obj`` where the published ``key`` model's weights belong in this test's data folder."""
     pub.weights_path(key).parent.mkdir(parents=True, exist_ok=True)
     if key == "age":
         obj.save(str(pub.weights_path(key)))
@@ -39,7 +39,7 @@ def place(key: str, obj, tmp_path, monkeypatch) -> None:
         torch.save(obj, pub.weights_path(key))
 
 
-def test_state_dict_layout_matches_the_library(tmp_path, monkeypatch):
+def test_state_dict_layout_matches_the_library():
     """The library's own RaceModel (built without its download) has the keys we write."""
     library = pub._library_class(pub.MODELS["race"])
     assert library.targets == list(pub.MODELS["race"].targets) == ["Asian", "Black", "White"]
@@ -48,8 +48,8 @@ def test_state_dict_layout_matches_the_library(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_race_model_loads_and_keeps_the_output_order(tmp_path, monkeypatch, capsys):
-    place("race", race_state_dict(favour=1), tmp_path, monkeypatch)
+def test_race_model_loads_and_keeps_the_output_order(capsys):
+    place("race", race_state_dict(favour=1))
     model = pub.load_published("race", download=False)
     assert "recorded" in capsys.readouterr().out           # placed by hand: pin recorded
     assert isinstance(model.net, pub._library_class(model.spec))   # the library's forward runs
@@ -75,8 +75,8 @@ def test_preprocessing_is_the_library_recipe():
 
 
 @pytest.mark.slow
-def test_changed_weights_are_refused(tmp_path, monkeypatch):
-    place("race", race_state_dict(), tmp_path, monkeypatch)
+def test_changed_weights_are_refused():
+    place("race", race_state_dict())
     pub.verified_weights("race", download=False)             # records the pin
     torch.save(race_state_dict(favour=0), pub.weights_path("race"))
     with pytest.raises(dl.ChecksumError, match="expected"):
@@ -88,14 +88,13 @@ class Evil:
         return (print, ("pwned",))
 
 
-def test_pickles_with_code_are_not_loaded(tmp_path, monkeypatch):
-    place("race", {"state": Evil()}, tmp_path, monkeypatch)
+def test_pickles_with_code_are_not_loaded():
+    place("race", {"state": Evil()})
     with pytest.raises(RuntimeError, match="weights_only=True refused"):
         pub.load_published("race", download=False)
 
 
-def test_offline_gives_one_sentence(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def test_offline_gives_one_sentence():
     with pytest.raises(pub.WeightsUnavailable) as err:
         pub.load_published("race", download=False)
     text = str(err.value)
@@ -108,8 +107,7 @@ def test_offline_gives_one_sentence(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_first_download_records_the_pin_then_checks_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def test_first_download_records_the_pin_then_checks_it(tmp_path, capsys):
     blob = tmp_path / "w.pt"
     torch.save(race_state_dict(favour=2), blob)
     with LoopbackServer({"/w.pt": Route(blob.read_bytes(), truncate_first=1)}) as srv:
@@ -121,7 +119,7 @@ def test_first_download_records_the_pin_then_checks_it(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.slow
-def test_sex_model_reads_a_lightning_checkpoint(tmp_path, monkeypatch):
+def test_sex_model_reads_a_lightning_checkpoint():
     import torchvision
 
     net = torchvision.models.resnet34(weights=None)
@@ -130,19 +128,19 @@ def test_sex_model_reads_a_lightning_checkpoint(tmp_path, monkeypatch):
         net.fc.weight.zero_()
         net.fc.bias.copy_(torch.tensor([0.0, 3.0]))
     ckpt = {"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "epoch": 13}
-    place("sex", ckpt, tmp_path, monkeypatch)
+    place("sex", ckpt)
     model = pub.load_published("sex", download=False)
     proba = model.predict(np.full((2, 64, 64), 90, np.uint8))
     assert model.targets == ["Male", "Female"] and proba.shape == (2, 2)
     assert (proba.argmax(1) == 1).all()
 
 
-def test_age_model_reads_torchscript(tmp_path, monkeypatch):
+def test_age_model_reads_torchscript():
     class TinyAge(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.mean(dim=(1, 2, 3)).reshape(-1, 1) * 0 + 42.0
 
-    place("age", torch.jit.script(TinyAge()), tmp_path, monkeypatch)
+    place("age", torch.jit.script(TinyAge()))
     ages = pub.load_published("age", download=False).predict(np.full((2, 50, 50), 90, np.uint8))
     assert ages.shape == (2,) and np.allclose(ages, 42.0)
 
@@ -161,8 +159,7 @@ def test_race_report_names_a_class_with_too_few_patients():
     assert "95% CI" in report.loc["White", "result"] and "nan" not in " ".join(report["result"])
 
 
-def test_cli_where_and_unknown_model(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
+def test_cli_where_and_unknown_model(capsys):
     assert pub.main(["where", "race", "age"]) == 0
     assert str(pub.weights_path("age")) in capsys.readouterr().out
     with pytest.raises(SystemExit):

@@ -14,10 +14,9 @@ from tests.test_session import write_fake_dataset
 
 
 @pytest.fixture
-def restricted_dataset(tmp_path, monkeypatch) -> Path:
+def restricted_dataset(isolated_data_folder) -> Path:
     """A tiny prepared dataset whose data card says ``restricted``, as CheXpert's and MIMIC's do."""
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
-    folder = write_fake_dataset(tmp_path / "data" / "chexpert" / "fake", source="chexpert")
+    folder = write_fake_dataset(isolated_data_folder / "chexpert" / "fake", source="chexpert")
     card = folder / "manifest.json"
     card.write_text(json.dumps({**json.loads(card.read_text()), "restricted": True}))
     return folder

@@ -63,13 +63,11 @@ def test_real_source_missing_shows_command(fake_dataset):
         setup("nih", "demo", progress=False)
 
 
-def test_real_source_found_and_capped(tmp_path, monkeypatch):
+def test_real_source_found_and_capped(isolated_data_folder, monkeypatch):
     from cxrlab.core import presets
     from cxrlab.core.session import cap_patients, setup
 
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
-    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
-    write_fake_dataset(tmp_path / "nih" / "subset", n_patients=12, source="nih")
+    write_fake_dataset(isolated_data_folder / "nih" / "subset", n_patients=12, source="nih")
     small = presets.Preset("tiny", 16, 10, 9, "smallcnn", False, 1, 8, 1, 1e-3, 10)
     monkeypatch.setitem(presets.PRESETS, "tiny", small)
     S = setup("nih", "tiny", progress=False)

@@ -13,12 +13,9 @@ from tests.test_session import write_fake_dataset
 
 
 @pytest.fixture
-def two_tracks(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
-    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
-    monkeypatch.delenv("CXRLAB_SOURCE", raising=False)
-    write_fake_dataset(tmp_path / "nih" / "fixture", n_patients=6, source="nih")
-    return tmp_path
+def two_tracks(isolated_data_folder):
+    write_fake_dataset(isolated_data_folder / "nih" / "fixture", n_patients=6, source="nih")
+    return isolated_data_folder
 
 
 def test_env_source_wins_over_the_argument(two_tracks, monkeypatch):

@@ -12,13 +12,11 @@ TINY = presets.Preset("tiny", 16, 10, 100, "smallcnn", False, 2, 8, 1, 5e-3, 20)
 
 
 @pytest.fixture
-def session(tmp_path, monkeypatch):
+def session(isolated_data_folder, monkeypatch):
     from cxrlab.core.session import setup
 
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path))
-    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
     monkeypatch.setitem(presets.PRESETS, "tiny", TINY)
-    folder = write_fake_dataset(tmp_path / "synthetic" / "fake", size=16)
+    folder = write_fake_dataset(isolated_data_folder / "synthetic" / "fake", size=16)
     return setup("synthetic", "tiny", device="cpu", data_dir=folder, progress=False)
 
 

@@ -23,12 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_patients=12, image_size=32)
 
 
-@pytest.fixture(autouse=True)
-def _data_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRLAB_DATA", str(tmp_path / "data"))
-    monkeypatch.delenv("CXRLAB_PRESET", raising=False)
-
-
 # ------------------------------------------------------------------ config
 @pytest.mark.parametrize("bad, message", [
     (dict(n_patients=-1), "n_patients"),
@@ -187,7 +181,7 @@ def test_existing_destination_is_protected(tiny_cohort):
         generate_cohort(tiny_cohort, SyntheticConfig(**TINY), progress=False)
 
 
-def test_prepare_is_idempotent_and_safe_under_concurrency(tmp_path):
+def test_prepare_is_idempotent_and_safe_under_concurrency(isolated_data_folder):
     results, errors = [], []
 
     def worker():
@@ -203,7 +197,7 @@ def test_prepare_is_idempotent_and_safe_under_concurrency(tmp_path):
         t.join()
     assert not errors and len(set(results)) == 1
     path = results[0]
-    assert path.parent == tmp_path / "data" / "synthetic" and path.name.startswith("demo-")
+    assert path.parent == isolated_data_folder / "synthetic" and path.name.startswith("demo-")
     stamp = (path / "manifest.csv").stat().st_mtime_ns
     assert prepare(label="demo", progress=False, **TINY) == path
     assert (path / "manifest.csv").stat().st_mtime_ns == stamp
