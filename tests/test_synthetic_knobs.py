@@ -53,14 +53,22 @@ COHORTS = {
 RENDERERS = {"drawn": ("signal", "off"), "ct": ("ct signal", "ct off")}
 
 
+class _Cohorts(dict):
+    """The cohorts of :data:`COHORTS`, each generated when a test first asks for it."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name):
+        generate_cohort(self.root / name, SyntheticConfig(**BASE, **COHORTS[name]), progress=False)
+        self[name] = _load(self.root / name)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def cohorts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("knobs")
-    made = {}
-    for name, knobs in COHORTS.items():
-        generate_cohort(root / name, SyntheticConfig(**BASE, **knobs), progress=False)
-        made[name] = _load(root / name)
-    return made
+    return _Cohorts(tmp_path_factory.mktemp("knobs"))
 
 
 def _within(df, x, y):
