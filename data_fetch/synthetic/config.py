@@ -29,7 +29,7 @@ MAX_BAND = 1.5     # signal_band upper limit: the spectrum's corners are at sqrt
 # of the CT renderer"): one smooth pattern per group, 1-8 cycles per image (amplitude ~ 1/f,
 # so equal energy per octave), strong enough for the demo small CNN and below the natural
 # between-patient variation in every tile and band. Use SyntheticConfig(anatomy="ct", **CT_SIGNAL).
-CT_SIGNAL = {"group_signal": 2.2, "signal_band": (0.03, 0.25), "signal_slope": 1.0,
+CT_SIGNAL = {"group_signal": 2.6, "signal_band": (0.03, 0.25), "signal_slope": 1.0,
              "signal_knee": 1.45, "signal_shared": 1.0}
 
 
