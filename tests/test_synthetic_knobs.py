@@ -133,13 +133,13 @@ def test_default_group_signal_survives_degradation(cohorts, renderer, name, leve
     with every route off the same degradation finds nothing."""
     from cxrlab.toolbox.degrade import degrade_images
 
-    if renderer == "ct" and name == "high_pass":
-        pytest.xfail("the CT pattern has no energy above 8 cycles per image, so high-pass d = 100 "
-                     "removes it (measured AUC 0.495); a fine component is not designed yet")
     aucs = {}
     for role, cohort in zip(("signal", "off"), RENDERERS[renderer]):
         df, _, y, imgs = cohorts[cohort]
         degraded = degrade_images(imgs, _degradation(name, level))
         aucs[role] = _within(df, features(degraded), y)
-    assert aucs["signal"] > floor, f"{name} {level}: AUC {aucs['signal']:.3f} <= {floor}"
     assert abs(aucs["off"] - 0.5) < 0.06, f"{name} {level} finds a group with every route off"
+    if renderer == "ct" and name == "high_pass" and aucs["signal"] <= floor:
+        pytest.xfail(f"known gap: the CT pattern has no energy above 8 cycles per image, so "
+                     f"high-pass d = 100 removes it (AUC {aucs['signal']:.3f})")
+    assert aucs["signal"] > floor, f"{name} {level}: AUC {aucs['signal']:.3f} <= {floor}"
