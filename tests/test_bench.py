@@ -56,3 +56,12 @@ def test_peak_memory_sampler_sees_a_child_and_its_torch_libraries():
         assert 0 < memory.gpu_library_bytes < memory.peak_bytes
     else:
         assert memory.gpu_library_bytes == 0
+
+
+def test_bench_calibration_parses_knobs_and_renders_in_memory():
+    bench = _load("bench_calibration")
+    assert bench.parse_settings(["group_signal=1.5", "signal_band=[0.03, 0.25]"]) == {
+        "group_signal": 1.5, "signal_band": (0.03, 0.25)}
+    table, images = bench.render_cohort(SyntheticConfig(n_patients=4, image_size=32))
+    assert images.shape == (len(table), 32, 32) and images.dtype.name == "uint8"
+    assert images.std() > 10, "rendered radiographs, not a blank stack"

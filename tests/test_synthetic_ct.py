@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_fetch.synthetic import SyntheticConfig, build_table, ct, site_looks
-from data_fetch.synthetic.visibility import VISIBILITY_LIMIT, band_index, visibility_report
+from data_fetch.synthetic import (CT_SIGNAL, SyntheticConfig, build_table, ct, make_renderer,
+                                  site_looks)
+from data_fetch.synthetic.visibility import (VISIBILITY_LIMIT, band_index, mean_power,
+                                             visibility_report)
 
 
 # ------------------------------------------------------------------ geometry and groups
@@ -155,14 +157,38 @@ def test_band_index_covers_every_frequency_but_the_mean():
     assert index[0, 0] == -1 and (index[1:, :] >= 0).all() and index.max() < len(names)
 
 
+def test_mean_power_measures_the_windowed_mean():
+    """The criterion's extra band: a tile that is only brighter is caught by its mean."""
+    n = 16
+    window = np.outer(np.hanning(n), np.hanning(n))
+    assert mean_power(np.full((3, n, n), 2.0)) == pytest.approx((2.0 * window.sum() / n**2) ** 2)
+    assert mean_power(np.zeros((3, n, n))) == 0.0
+
+
 @pytest.mark.slow
 def test_ct_group_signal_is_below_natural_variation_and_the_drawn_one_is_not():
-    """The criterion passes the CT signal at 1.2 and catches both a 5x louder CT signal and the
-    drawn renderer's default texture (the visible streaks)."""
-    cfg = SyntheticConfig(image_size=64, anatomy="ct", group_signal=1.2)
+    """The criterion passes the CT signal at its calibrated strength and catches both a 3x
+    louder CT signal and the drawn renderer's default texture (the visible streaks)."""
+    cfg = SyntheticConfig(image_size=64, anatomy="ct", **CT_SIGNAL)
     quiet = visibility_report(cfg, n_pairs=30)
     assert quiet["worst_ratio"] < VISIBILITY_LIMIT, quiet["worst_band"]
-    loud = visibility_report(cfg.replace(group_signal=6.0), n_pairs=30)
+    loud = visibility_report(cfg.replace(group_signal=3 * cfg.group_signal), n_pairs=30)
     assert loud["worst_ratio"] > VISIBILITY_LIMIT
     drawn = visibility_report(SyntheticConfig(image_size=64, anatomy="drawn"), n_pairs=30)
     assert drawn["worst_ratio"] > VISIBILITY_LIMIT
+
+
+@pytest.mark.slow
+def test_ct_group_pattern_is_the_same_anatomical_pattern_at_64_and_256_px():
+    """The CT's group pattern is drawn on a fixed grid in the CT's frame: rendered at 256 px and
+    averaged down to 64 px, the signal (on minus off) matches the one rendered at 64 px."""
+    diffs = {}
+    for n in (64, 256):
+        cfg = SyntheticConfig(n_patients=4, image_size=n, anatomy="ct", noise=0.0, **CT_SIGNAL)
+        row = build_table(cfg).iloc[0].to_dict()
+        on, off = make_renderer(cfg), make_renderer(cfg.replace(group_signal=0.0))
+        diffs[n] = on.render(row, 0)[0].astype(float) - off.render(row, 0)[0].astype(float)
+    down = diffs[256].reshape(64, 4, 64, 4).mean(axis=(1, 3))
+    assert diffs[64].std() > 1.0, "the signal reaches the pixels"
+    assert np.corrcoef(down.ravel(), diffs[64].ravel())[0, 1] > 0.8
+

@@ -15,11 +15,12 @@ from data_fetch.synthetic.cohort import (
     make_renderer,
     prepare,
 )
-from data_fetch.synthetic.config import FINDINGS, GROUPS, SyntheticConfig
+from data_fetch.synthetic.config import CT_SIGNAL, FINDINGS, GROUPS, SyntheticConfig
 from data_fetch.synthetic.render import Renderer, site_looks
 from data_fetch.synthetic.version import GENERATOR_VERSION
 
 __all__ = [
+    "CT_SIGNAL",
     "FINDINGS",
     "GENERATOR_VERSION",
     "GROUPS",

@@ -11,8 +11,10 @@ axial rotation, resampled to the image size once per cohort. Then, per image:
    BMI), breast tissue is added for female patients, fluid with a meniscus fills the
    costophrenic angle for an effusion, and consolidation and nodules add attenuation inside
    the lungs;
-3. the group signal, when on, modulates the attenuation of tissue (not lung air) by a faint
-   texture that moves with the patient's anatomy;
+3. the group signal, when on, modulates the attenuation of the lungs, bones and heart by a
+   smooth group pattern anchored to the anatomy: drawn once on a fixed grid in the CT's frame
+   (:data:`SIGNAL_GRID`) and warped with the maps, so it is the same anatomical pattern at every
+   image size and in every follow-up, and the quiet abdomen and soft tissue carry none of it;
 4. Beer-Lambert transmission, scatter, quantum noise, detector blur, the log transform, the
    site's processing and tone curve, collimation and a laterality marker.
 
@@ -41,7 +43,10 @@ LUNG_MASK_CM = 6.0        # lung field = where the ray crosses this much lung (e
 FLUID_CM = 8.0            # water thickness of a pleural effusion where it has filled the recess
 MU_WATER = 0.2            # effective linear attenuation of water at chest-radiograph energies (1/cm)
 LUNG_DENSITY = 0.2        # lung tissue relative to water: what fluid or a grown heart displaces
-SIGNAL_TISSUE = 0.01      # group_signal = 1: modulation sd of 1% of the tissue attenuation
+SIGNAL_TISSUE = 0.1       # group_signal = 1: modulation sd of 10% of the modulated attenuation
+SIGNAL_GRID = 64          # the group pattern is drawn on this grid in the CT's frame, whatever
+#                           the image size, so it is the same anatomical pattern at 64 and 256 px
+SIGNAL_MAPS = ("lung", "bone", "heart")   # the structures whose attenuation it modulates
 ELASTIC_SD = 0.045        # patient-specific elastic displacement (image half-widths)
 DRC = 0.5                 # dynamic-range compression of the log image (0 = none)
 VIEW_ZOOM = 0.88          # the image shows the central 88% of the CT's field (margin for warps)
@@ -81,6 +86,8 @@ class CTRenderer(Renderer):
         self.maps = {v: _resize_maps(m, cfg.image_size) for v, m in proj.maps.items()}
         self.gi = {g: i for i, g in enumerate(ct.GROUPS)}
         self._patient_cache: tuple[int, dict[str, np.ndarray]] | None = None
+        # the group pattern's filters live on the fixed signal grid (see SIGNAL_GRID)
+        self._pattern = Renderer(cfg.replace(image_size=SIGNAL_GRID, anatomy="drawn"))
 
     # ------------------------------------------------------------------ per patient
     def _patient(self, row: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -95,7 +102,7 @@ class CTRenderer(Renderer):
         out = {"elastic": field}
         if cfg.group_signal > 0:
             prng = np.random.default_rng([cfg.seed, 7, key])
-            out["texture"] = self.group_texture(int(row["group_index"]), prng, (0.0, 0.0))
+            out["texture"] = self._pattern.group_texture(int(row["group_index"]), prng, (0.0, 0.0))
         self._patient_cache = (key, out)
         return out
 
@@ -124,23 +131,29 @@ class CTRenderer(Renderer):
         patient = self._patient(row)
         coords = self._source_coords(row, patient["elastic"])
         maps = self._view_maps(row)
-        if cfg.group_signal > 0:
-            m = self._sample(np.concatenate([maps, patient["texture"][None]]), coords)
-            m, tex = m[:-1], m[-1]
-        else:
-            m = self._sample(maps, coords)
+        m = self._sample(maps, coords)
         heart = self._heart(row, maps, coords)
         atten = self._attenuation(row, m, heart, coords)
         atten = atten + self._findings(row, m, coords, srng)
         if cfg.group_signal > 0:
-            tissue = atten - m[self.gi["lung"]] - m[self.gi["airway"]]
-            atten = atten + (cfg.group_signal * SIGNAL_TISSUE * float(row["signal_amp"])
-                             * tex * tissue)
+            atten = atten + self._group_signal(row, m, heart, patient["texture"], coords)
         look = self.looks[int(row["site_index"])]
         img = self._expose(atten, row, look, srng)
         img = self._site_marks(img, look, row)
         mask = (m[self.gi["lung_len"]] > LUNG_MASK_CM).astype(np.uint8) * 255
         return img, mask
+
+    def _group_signal(self, row, m, heart, texture, coords) -> np.ndarray:
+        """The group pattern, anchored to the anatomy, as a faint modulation of the attenuation
+        of the structures in :data:`SIGNAL_MAPS` (cm water-equivalent, added to the image's)."""
+        tex = self._sample(texture[None], coords)[0]
+        g = self.gi
+        parts = {"lung": float(row["lung_density"]) * m[g["lung"]], "heart": heart,
+                 "bone": BONE_WEIGHT * float(row["bone"]) * m[g["bone"]], "lean": m[g["lean"]],
+                 "abdomen": m[g["abdomen"]], "fat": m[g["fat"]]}
+        modulated = sum(parts[name] for name in SIGNAL_MAPS)
+        strength = self.cfg.group_signal * SIGNAL_TISSUE * float(row["signal_amp"])
+        return strength * tex * modulated
 
     def _view_maps(self, row: Mapping[str, Any]) -> np.ndarray:
         """The maps of the study's view, interpolated to the patient's axial rotation."""

@@ -7,9 +7,9 @@ patients with the signal off: the natural between-patient variation a viewer see
 Cut both into a 4 x 4 grid of tiles (so a pattern over a quiet region such as the abdomen
 cannot hide behind the busy lungs), split each tile into frequency bands (octaves of radial
 frequency x six 30-degree orientation sectors, so an oriented streak pattern cannot hide in a
-wide band) and compare the RMS amplitudes tile by tile and band by band. The signal counts as
-invisible when, in every tile and band, its RMS is at most :data:`VISIBILITY_LIMIT` of the
-natural variation's.
+wide band), plus the tile's mean (a signal that only brightens or darkens whole regions), and
+compare the RMS amplitudes tile by tile and band by band. The signal counts as invisible when,
+in every tile and band, its RMS is at most :data:`VISIBILITY_LIMIT` of the natural variation's.
 
 >>> from data_fetch.synthetic.config import SyntheticConfig
 >>> report = visibility_report(SyntheticConfig(image_size=32, anatomy="drawn"), n_pairs=6)
@@ -63,6 +63,14 @@ def quantisation_power(n: int) -> np.ndarray:
     return np.bincount(index[index >= 0], minlength=len(names)) * per_bin
 
 
+def mean_power(images: np.ndarray) -> float:
+    """Mean power of the (Hann-windowed) mean of a stack of (k, n, n) images: the 0-frequency
+    term that :func:`band_power` leaves out."""
+    n = images.shape[-1]
+    window = np.outer(np.hanning(n), np.hanning(n))
+    return float(((images * window).sum(axis=(1, 2)) ** 2).mean() / n**4)
+
+
 def tiles(images: np.ndarray) -> list[np.ndarray]:
     """The (k, t, t) stacks of each tile of a 4 x 4 grid, row by row."""
     t = images.shape[-1] // N_TILES
@@ -86,21 +94,28 @@ def _pairs(cfg: SyntheticConfig, n_pairs: int) -> tuple[list, list, list]:
     return with_signal, without, others
 
 
+def _powers(images: np.ndarray) -> np.ndarray:
+    """:func:`band_power` of every band, then the tile mean's power."""
+    return np.append(band_power(images), mean_power(images))
+
+
 def visibility_report(cfg: SyntheticConfig, n_pairs: int = 40) -> dict[str, Any]:
     """Per-tile, per-band RMS of the signal over RMS of natural between-patient variation.
 
-    Returns ``ratio`` (tiles x bands), ``bands`` (the band names), and the worst tile and band
-    with its ratio. The signal meets the criterion when ``worst_ratio <= VISIBILITY_LIMIT``.
+    Returns ``ratio`` (tiles x bands; the last band is the tile's mean), ``bands`` (the band
+    names), and the worst tile and band with its ratio. The signal meets the criterion when
+    ``worst_ratio <= VISIBILITY_LIMIT``.
     """
     with_signal, without, others = _pairs(cfg, n_pairs)
     signal = np.stack(with_signal) - np.stack(without)
     natural = np.stack(others) - np.stack(without)
     t = cfg.image_size // N_TILES
-    rounding = quantisation_power(t)
-    ratio = np.stack([np.sqrt(np.clip(band_power(s) - rounding, 0, None)
-                              / np.maximum(band_power(p), 1e-12))
+    window = np.outer(np.hanning(t), np.hanning(t))
+    rounding = np.append(quantisation_power(t), QUANTISATION_VAR * (window**2).sum() / t**4)
+    ratio = np.stack([np.sqrt(np.clip(_powers(s) - rounding, 0, None)
+                              / np.maximum(_powers(p), 1e-12))
                       for s, p in zip(tiles(signal), tiles(natural))])
-    _, names = band_index(t)
+    names = [*band_index(t)[1], "0 cyc/img (the mean)"]
     tile, band = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
     where = f"tile (row {tile // N_TILES}, column {tile % N_TILES}), {names[band]} per tile"
     return {"ratio": ratio, "bands": names, "worst_band": where,
