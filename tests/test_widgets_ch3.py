@@ -116,7 +116,8 @@ def test_all_sliders_at_one_says_why_the_auc_is_missing():
     for s in w.sliders.values():
         s.value = 1.0
     assert w.table.loc[["B", "C"], "n"].eq(0).all() and w.table["auc"].isna().all()
-    assert "group A only" in w.note()
+    assert "No AUC for A, B, C: the set holds images of A only and no image of B, C" in w.note()
+    assert "site1 x A" in w.note() or "site2 x A" in w.note()        # group names keep their case
 
 
 def test_widget_draws_figure_and_table():

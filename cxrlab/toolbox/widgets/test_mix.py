@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.core import metrics
-from cxrlab.toolbox.probes import binary_auc, encode_target, macro_ovr_auc
+from cxrlab.toolbox.probes import encode_target
 
 GROUP_LABEL = "group (synthetic stand-in)"
 """The x-axis of the widget's bars; a real source passes ``group_label="self-reported race"``."""
@@ -151,14 +151,6 @@ def _rate_ci(wrong: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _auc_ci(y: np.ndarray, score: np.ndarray, patients: np.ndarray | None, n_boot: int,
-            seed: int) -> tuple[float, float, float]:
-    if len(np.unique(y)) < 2:
-        return float("nan"), float("nan"), float("nan")
-    ci = metrics.binary_auc_ci(y.astype(int), score, patients, n_boot, seed)
-    return binary_auc(y, score), ci.low, ci.high
-
-
 def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
                 positions: np.ndarray, target: str = "race",
                 finding_col: str = "no_finding", n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -169,7 +161,9 @@ def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
     1 - recall at the arg-max; ``error_low``, ``error_high``) and ``wrongly_assigned`` (images
     of other groups given this one). The last row, ``all``, holds the macro AUC and the overall
     error rate. Intervals resample patients (``patient_id``; images if the column is absent).
-    An AUC needs the group and at least one other group in the set: otherwise it is NaN.
+    The AUCs are :func:`cxrlab.core.metrics.auc_table`'s and :func:`~cxrlab.core.metrics.macro_auc_ci`'s:
+    a group without images, or alone in the set, has no AUC (NaN here; :func:`undefined_note`
+    says why in a sentence).
     """
     positions = np.asarray(positions, dtype=int)
     y = encode_target(test[target].to_numpy()[positions], classes)
@@ -180,11 +174,13 @@ def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
     weights = metrics.bootstrap_weights(patients, len(y), n_boot, seed)
     pred = p.argmax(1) if len(p) else np.zeros(0, int)
     valid = y >= 0
+    valid_patients = None if patients is None else patients[valid]
+    aucs = metrics.auc_table(y[valid], p[valid], classes, valid_patients, n_boot, seed,
+                             report_skipped=False)
     rows = []
     for k, c in enumerate(classes):
         mine, others = y == k, valid & (y != k)
-        auc, auc_low, auc_high = _auc_ci(mine[valid], p[valid, k], None if patients is None
-                                         else patients[valid], n_boot, seed)
+        auc, auc_low, auc_high = aucs.loc[k, ["auc", "ci_low", "ci_high"]].astype(float)
         wrong = (pred[mine] != k).astype(float)
         err_low, err_high = _rate_ci(wrong, weights[:, mine])
         rows.append({
@@ -197,13 +193,13 @@ def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
             "wrongly_assigned": float((pred[others] == k).mean()) if others.any() else float("nan"),
         })
     two_groups = len(np.unique(y[valid])) >= 2
-    macro = (metrics.macro_auc_ci(y[valid], p[valid], groups=None if patients is None else patients[valid],
-                                  n_boot=n_boot, seed=seed) if two_groups else None)
+    macro = (metrics.macro_auc_ci(y[valid], p[valid], groups=valid_patients, n_boot=n_boot,
+                                  seed=seed) if two_groups else None)
     wrong_all = (pred[valid] != y[valid]).astype(float)
     err_low, err_high = _rate_ci(wrong_all, weights[:, valid])
     rows.append({"group": "all", "n": int(valid.sum()), "share": 1.0,
                  "finding_prevalence": float(finding[valid].mean()) if valid.any() else float("nan"),
-                 "auc": macro_ovr_auc(y[valid], p[valid]) if two_groups else float("nan"),
+                 "auc": macro.estimate if macro else float("nan"),
                  "auc_low": macro.low if macro else float("nan"),
                  "auc_high": macro.high if macro else float("nan"),
                  "error_rate": float(wrong_all.mean()) if valid.any() else float("nan"),
@@ -212,14 +208,13 @@ def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
 
 
 def undefined_note(table: pd.DataFrame) -> str:
-    """A sentence naming the groups whose AUC is undefined in ``table`` ("" if none)."""
-    missing = [g for g in table.index if g != "all" and not np.isfinite(table.loc[g, "auc"])]
-    if not missing:
-        return ""
-    present = [g for g in table.index if g != "all" and table.loc[g, "n"] > 0]
-    why = (f"the set holds group {present[0]} only, so no one-vs-rest AUC can be computed"
-           if len(present) == 1 else "a one-vs-rest AUC needs images of the group and of the others")
-    return f"AUC n/a for {', '.join(missing)}: {why}."
+    """The sentence naming the groups whose AUC is undefined in a :func:`mix_metrics` table
+    ("" if none): :func:`cxrlab.core.metrics.undefined_auc_note`, the course's one rule."""
+    groups = table.drop(index="all", errors="ignore")
+    total = int(groups["n"].sum())
+    as_auc_table = pd.DataFrame({"class": groups.index, "auc": groups["auc"].to_numpy(),
+                                 "n_pos": groups["n"].to_numpy(), "n_neg": total - groups["n"].to_numpy()})
+    return metrics.undefined_auc_note(as_auc_table, what="the set")
 
 
 class MixWidget:
@@ -305,7 +300,8 @@ class MixWidget:
 
     def note(self) -> str:
         """What the current table was computed on, and any undefined AUC."""
-        return " ".join(t for t in (self.draw_info.note().capitalize() + ".",
+        drawn = self.draw_info.note()
+        return " ".join(t for t in (drawn[:1].upper() + drawn[1:] + ".",
                                     undefined_note(self.table)) if t)
 
     def _render(self) -> None:
