@@ -231,8 +231,8 @@ def test_paired_macro_auc_difference_sees_a_gap_two_overlapping_intervals_hide()
     a = np.eye(3)[y] * 0.9 + shared
     b = np.eye(3)[y] * 0.6 + shared
     patients = np.repeat(np.arange(75), 2)
-    sep_a = probes.auc_rows(y, a, list("ABC"), patients, n_boot=200).iloc[-1]
-    sep_b = probes.auc_rows(y, b, list("ABC"), patients, n_boot=200).iloc[-1]
+    sep_a = metrics.auc_table(y, a, list("ABC"), patients, n_boot=200, macro=True).iloc[-1]
+    sep_b = metrics.auc_table(y, b, list("ABC"), patients, n_boot=200, macro=True).iloc[-1]
     assert sep_a["ci_low"] < sep_b["ci_high"]            # the separate intervals overlap
     diff = probes.paired_macro_auc_difference(y, a, b, patients, n_boot=200)
     assert diff.estimate == pytest.approx(sep_a["auc"] - sep_b["auc"])
@@ -272,25 +272,28 @@ def test_site_shortcut_probe_flags_site_when_group_signal_is_off(tmp_path, monke
     assert verdict.site_ci[0] >= 0.7
 
 
-def test_probe_aucs_are_the_metrics_table_plus_a_macro_row():
-    """One AUC code: the probes' tables are metrics.auc_table's rows (same numbers, same
-    columns), with a macro row from metrics.macro_auc_ci."""
+def test_probe_tables_are_the_metrics_table_with_its_macro_row():
+    """One AUC code: a probe's table is metrics.auc_table's (same numbers, same columns), and its
+    macro row is metrics.macro_auc_ci."""
     rng = np.random.default_rng(5)
     y = np.arange(120) % 3
     proba = np.round(np.eye(3)[y] * 0.4 + rng.random((120, 3)), 1)      # many ties
     patients = np.repeat(np.arange(60), 2)
-    rows = probes.auc_rows(y, proba, list("ABC"), patients, n_boot=50, seed=1)
-    table = metrics.auc_table(y, proba, list("ABC"), groups=patients, n_boot=50, seed=1)
-    pd.testing.assert_frame_equal(rows.iloc[:3], table, check_like=True)
-    macro = metrics.macro_auc_ci(y, proba, groups=patients, n_boot=50, seed=1)
-    assert tuple(rows.iloc[3][["class", "auc", "ci_low", "ci_high"]]) == ("macro", *macro[:3])
+    classes = list("ABC")
+    rows = probes.resampled_aucs({"all": pd.DataFrame({"patient_id": patients})}, y, proba, classes,
+                                 n_boot=50, seed=1).drop(columns="step")
+    table = metrics.auc_table(y, proba, classes, groups=patients.astype(str), n_boot=50, seed=1,
+                              macro=True)
+    pd.testing.assert_frame_equal(rows, table)
+    macro = metrics.macro_auc_ci(y, proba, groups=patients.astype(str), n_boot=50, seed=1)
+    assert tuple(table.iloc[3][["class", "auc", "ci_low", "ci_high"]]) == ("macro", *macro[:3])
     assert probes.macro_ovr_auc(y, proba) == metrics.macro_auc(y, proba)   # the kept old name
 
 
 def test_a_class_without_positives_has_no_auc_and_a_sentence_says_why():
     y = np.array([0, 1, 0, 1, 0, 1])
     proba = np.eye(3)[y] + 0.1
-    rows = probes.auc_rows(y, proba, list("ABC"), n_boot=0)
+    rows = metrics.auc_table(y, proba, list("ABC"), n_boot=0, macro=True)
     c = rows.set_index("class").loc["C"]
     assert np.isnan(c["auc"]) and (c["n_pos"], c["n_neg"]) == (0, 6)
     assert rows.set_index("class").loc["macro", "auc"] == 1.0           # over the defined classes

@@ -23,7 +23,7 @@ explanation, on any manifest (synthetic, where the truth is known, or a real sou
 * **learner self-checks** for the chapter's exercises (``check_*``).
 
 Every table has one row per (probe, class) with ``auc``, ``ci_low``, ``ci_high``, ``n_pos`` and
-``n_neg`` (:func:`cxrlab.core.metrics.auc_table`'s columns);
+``n_neg`` (:func:`cxrlab.core.metrics.auc_table`'s columns, with its ``macro`` row);
 confidence intervals resample patients, not images, because images of one patient are not
 independent.
 """
@@ -64,40 +64,12 @@ def macro_ovr_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
     return metrics.macro_auc(y_true, proba)
 
 
-def auc_rows(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
-             groups: np.ndarray | None = None, n_boot: int = 200, seed: int = 0,
-             macro: bool = True) -> pd.DataFrame:
-    """:func:`cxrlab.core.metrics.auc_table` (one-vs-rest AUC with a patient-bootstrap CI per
-    class, columns ``class, auc, ci_low, ci_high, n_pos, n_neg``) plus, for three or more
-    classes, a ``macro`` row (:func:`cxrlab.core.metrics.macro_auc_ci`).
-
-    ``y_true`` holds class indices into ``classes`` (-1 = unknown); a binary problem may pass a
-    1-D score, and the table then has one row, for ``classes[-1]``. A class without positives or
-    negatives has no AUC: NaN in the table, named in one sentence by
-    :func:`cxrlab.core.metrics.undefined_auc_note`. The macro row's ``n_pos`` / ``n_neg`` are
-    the labelled images and the one-vs-rest negatives summed over the classes.
-
-    >>> auc_rows(np.arange(30) % 3, np.eye(3)[np.arange(30) % 3], list("ABC"), n_boot=0)["class"].tolist()
-    ['A', 'B', 'C', 'macro']
-    """
-    y_true = np.asarray(y_true).astype(int)
-    proba = np.asarray(proba, dtype=float)
-    table = metrics.auc_table(y_true, proba, classes, groups, n_boot, seed,
-                              report_skipped=False)
-    if not macro or proba.ndim == 1 or len(classes) <= 2:
-        return table
-    known = y_true >= 0
-    defined = table["auc"].notna().any()
-    if defined and n_boot > 0:
-        ci = metrics.macro_auc_ci(y_true[known], proba[known], classes,
-                                  None if groups is None else np.asarray(groups)[known], n_boot, seed)
-        estimate, low, high = ci.estimate, ci.low, ci.high
-    else:
-        estimate = metrics.macro_auc(y_true, proba, classes) if defined else float("nan")
-        low = high = float("nan")
-    macro_row = {"class": "macro", "auc": estimate, "ci_low": low, "ci_high": high,
-                 "n_pos": int(table["n_pos"].sum()), "n_neg": int(table["n_neg"].sum())}
-    return pd.concat([table, pd.DataFrame([macro_row])], ignore_index=True)
+def _auc_table(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
+               groups: np.ndarray | None, n_boot: int, seed: int) -> pd.DataFrame:
+    """A probe's AUC table: :func:`cxrlab.core.metrics.auc_table` with its ``macro`` row, and
+    without the note on skipped resamples (a chapter prints dozens of these tables)."""
+    return metrics.auc_table(np.asarray(y_true).astype(int), proba, classes, groups, n_boot, seed,
+                             report_skipped=False, macro=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,8 +120,8 @@ def fit_probe(model: Any, X_train: Any, y_train: np.ndarray, X_test: Any, y_test
     raw = model.predict_proba(X_test)
     proba = np.zeros((len(raw), len(classes)))
     proba[:, list(model.classes_)] = raw
-    table = auc_rows(y_test, proba[:, 1] if len(classes) == 2 else proba, classes, groups,
-                     n_boot, seed)
+    table = _auc_table(y_test, proba[:, 1] if len(classes) == 2 else proba, classes, groups,
+                       n_boot, seed)
     return ProbeResult(table, model, proba, [str(c) for c in classes])
 
 
@@ -385,8 +357,8 @@ def stratified_auc(y_true: np.ndarray, proba: np.ndarray, strata: Iterable[Any],
     tables = []
     for stratum in [*sorted(set(strata)), "all"]:
         mask = np.ones(len(strata), bool) if stratum == "all" else strata == stratum
-        table = auc_rows(y_true[mask], proba[mask], classes,
-                         None if groups is None else groups[mask], n_boot, seed)
+        table = _auc_table(y_true[mask], proba[mask], classes,
+                           None if groups is None else groups[mask], n_boot, seed)
         too_few = ((table["n_pos"] < min_per_class) | (table["n_neg"] < min_per_class)) & (
             table["class"] != "macro")
         table.loc[too_few, ["auc", "ci_low", "ci_high"]] = np.nan
@@ -483,7 +455,7 @@ def resampled_aucs(steps: Mapping[str, pd.DataFrame], y_true: np.ndarray, proba:
     for name, sub in steps.items():
         idx = sub.index.to_numpy()
         groups = sub["patient_id"].astype(str).to_numpy() if "patient_id" in sub else None
-        tables.append(auc_rows(y_true[idx], proba[idx], classes, groups, n_boot, seed)
+        tables.append(_auc_table(y_true[idx], proba[idx], classes, groups, n_boot, seed)
                       .assign(step=name))
     out = pd.concat(tables, ignore_index=True)
     return out[["step", "class", "auc", "ci_low", "ci_high", "n_pos", "n_neg"]]
@@ -772,7 +744,7 @@ HAND_CASE = {
 }
 """The exercise's hand-worked case: stratum ``c`` holds positives only (no AUC)."""
 
-STRATIFIED_LIBRARY = ("stratified_auc", "stratified_evaluation", "auc_rows")
+STRATIFIED_LIBRARY = ("stratified_auc", "stratified_evaluation")
 EQUALISE_LIBRARY = ("equalise_groups", "match_within", "glocker_resample", "decorrelate")
 SHORTCUT_LIBRARY = ("shortcut_verdict", "verdicts_from_evidence", "ShortcutVerdict")
 
