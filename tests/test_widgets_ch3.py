@@ -122,7 +122,7 @@ def test_all_sliders_at_one_says_why_the_auc_is_missing():
 
 def test_widget_draws_figure_and_table():
     df, proba = _test_set(200)
-    w = mix_widget(df, proba, CLASSES, n_boot=20)
+    w = MixWidget(df, proba, CLASSES, n_boot=20)
     first = w.figure.value
     assert first[:8] == b"\x89PNG\r\n\x1a\n" and "error_rate" in w.summary.value
     assert "real test set" in w.summary.value

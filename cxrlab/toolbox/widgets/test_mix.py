@@ -10,10 +10,10 @@ comes with a 95% patient-bootstrap interval.
 
 The callback is a plain function, :func:`mix_metrics` on :func:`mix_test_set`, and the widget's
 ``update`` is what the sliders' observers call, so tests set ``slider.value`` and read
-``widget.table`` without a browser.
+``widget.table`` without a browser. :func:`mix_widget` builds and displays it (the widgets'
+protocol: see :mod:`cxrlab.toolbox.widgets`).
 
->>> w = MixWidget(test, proba, S.classes)   # doctest: +SKIP
->>> w.widget                                     # doctest: +SKIP
+>>> w = mix_widget(test, proba, S.classes)   # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from cxrlab.core import metrics
+from cxrlab.core.plots import GREY, SYNTHETIC_GROUP_LABEL, colours
 from cxrlab.toolbox.probes import encode_target
-
-GROUP_LABEL = "group (synthetic stand-in)"
-"""The x-axis of the widget's bars; a real source passes ``group_label="self-reported race"``."""
+from cxrlab.toolbox.widgets import CourseWidget, shown
 
 
 def _any_finding(test: pd.DataFrame, finding_col: str) -> np.ndarray:
@@ -217,8 +217,9 @@ def undefined_note(table: pd.DataFrame) -> str:
     return metrics.undefined_auc_note(as_auc_table, what="the set")
 
 
-class MixWidget:
-    """Sliders for the test-set mix; ``table`` holds the metrics for the current setting.
+class MixWidget(CourseWidget):
+    """Sliders for the test-set mix; ``table`` (also ``result``) holds the metrics for the
+    current setting.
 
     ``sliders`` maps each site to its focus-group share slider; ``prevalence`` is the finding
     prevalence slider; ``reset`` returns to the real test set. It starts on the real test set
@@ -231,7 +232,7 @@ class MixWidget:
     def __init__(self, test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
                  focus_group: str | None = None, n: int | None = None, target: str = "race",
                  site_col: str = "site", finding_col: str = "no_finding", seed: int = 0,
-                 draw: bool = True, n_boot: int = 200, group_label: str = GROUP_LABEL) -> None:
+                 draw: bool = True, n_boot: int = 200, group_label: str = SYNTHETIC_GROUP_LABEL) -> None:
         import ipywidgets as W
 
         if len(test) != len(proba):
@@ -266,6 +267,11 @@ class MixWidget:
         self.draw_info = MixDraw(np.zeros(0, int))
         self._recompute()
 
+    @property
+    def result(self) -> pd.DataFrame:
+        """The metrics table for the current setting (:func:`mix_metrics`)."""
+        return self.table
+
     def settings(self) -> dict[str, float]:
         """Current slider values: ``{site: share, ..., "prevalence": p}``."""
         return {**{s: float(w.value) for s, w in self.sliders.items()},
@@ -294,8 +300,9 @@ class MixWidget:
                                       self.n, self.target, self.site_col, self.finding_col, self.seed)
         self.table = mix_metrics(self.test, self.proba, self.classes, self.draw_info.positions,
                                  self.target, self.finding_col, self.n_boot, self.seed)
+        self.summary.value = f"<p>{self.note()}</p>" + self.table.round(3).to_html(na_rep="n/a")
         if self.draw:
-            self._render()
+            self.show_figure(draw_mix(self.table, group_label=self.group_label))
         return self.table
 
     def note(self) -> str:
@@ -304,49 +311,33 @@ class MixWidget:
         return " ".join(t for t in (drawn[:1].upper() + drawn[1:] + ".",
                                     undefined_note(self.table)) if t)
 
-    def _render(self) -> None:
-        self.figure.value = render_png(self.table, group_label=self.group_label)
-        self.summary.value = (f"<p>{self.note()}</p>"
-                              + self.table.round(3).to_html(na_rep="n/a"))
 
 
-def render_png(table: pd.DataFrame, dpi: int = 80, group_label: str = GROUP_LABEL) -> bytes:
-    """Bar charts of AUC and error rate per group with 95% intervals, as PNG bytes."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from cxrlab.core.plots import PALETTE
-
-    colours = list(PALETTE.values()) if isinstance(PALETTE, Mapping) else list(PALETTE)
+def draw_mix(table: pd.DataFrame, group_label: str = SYNTHETIC_GROUP_LABEL) -> Figure:
+    """Bar charts of AUC and error rate per group with 95% intervals ("n/a" where undefined)."""
     t = table.drop(index="all", errors="ignore")
-    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
-    try:
-        bar_colours = [colours[i % len(colours)] for i in range(len(t))]
-        for ax, col, low, high, ylabel, title in (
-                (axes[0], "auc", "auc_low", "auc_high", "one-vs-rest AUC (95% CI)", "AUC per group"),
-                (axes[1], "error_rate", "error_low", "error_high", "error rate (95% CI)",
-                 "misclassified, per group")):
-            values = t[col].to_numpy(float)
-            err = np.nan_to_num(np.vstack([values - t[low].to_numpy(float),
-                                           t[high].to_numpy(float) - values]))
-            ax.bar(t.index, np.nan_to_num(values), yerr=np.clip(err, 0, None), capsize=3,
-                   color=bar_colours)
-            for i, v in enumerate(values):
-                if not np.isfinite(v):
-                    ax.text(i, 0.05, "n/a", ha="center")
-            ax.set(ylim=(0.0, 1.0), ylabel=ylabel, title=title, xlabel=group_label)
-        axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    fig = Figure(figsize=(7, 2.8))
+    axes = fig.subplots(1, 2)
+    for ax, col, low, high, ylabel, title in (
+            (axes[0], "auc", "auc_low", "auc_high", "one-vs-rest AUC (95% CI)", "AUC per group"),
+            (axes[1], "error_rate", "error_low", "error_high", "error rate (95% CI)",
+             "misclassified, per group")):
+        values = t[col].to_numpy(float)
+        err = np.nan_to_num(np.vstack([values - t[low].to_numpy(float),
+                                       t[high].to_numpy(float) - values]))
+        ax.bar(t.index, np.nan_to_num(values), yerr=np.clip(err, 0, None), capsize=3,
+               color=colours(len(t)))
+        for i, v in enumerate(values):
+            if not np.isfinite(v):
+                ax.text(i, 0.05, "n/a", ha="center")
+        ax.set(ylim=(0.0, 1.0), ylabel=ylabel, title=title, xlabel=group_label)
+    axes[0].axhline(0.5, color=GREY, lw=0.8, ls="--")
+    fig.tight_layout()
+    return fig
 
 
 def mix_widget(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
-                    focus_group: str | None = None, **kwargs: object) -> MixWidget:
-    """Build the chapter's test-set-mix widget (show it with ``display(w.widget)``)."""
-    return MixWidget(test, proba, classes, focus_group, **kwargs)
-
+               focus_group: str | None = None, draw: bool = True, **kwargs: object) -> MixWidget:
+    """Build chapter 3's test-set-mix widget and display it (``draw=False``: neither displayed
+    nor drawn, for tests); keyword arguments go to :class:`MixWidget`."""
+    return shown(MixWidget(test, proba, classes, focus_group, draw=draw, **kwargs))
