@@ -188,6 +188,19 @@ def test_chapters_match_solutions():
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize("notebook", sorted((REPO / "solutions").glob("ch*.ipynb")), ids=lambda p: p.stem)
+def test_each_chapter_records_its_results_in_one_tagged_cell_after_its_last_section(notebook):
+    """An instructor sees in one place what a chapter writes into build/results.json: every
+    ``results.record`` call sits in the one code cell tagged ``results``, the last code cell."""
+    code = [c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    tagged = [c for c in code if "results" in c.metadata.get("tags", [])]
+    recording = [c for c in code if "results.record(" in c.source]
+    assert len(tagged) == 1, f"{notebook.name}: {len(tagged)} cells tagged 'results'"
+    assert recording == tagged, (f"{notebook.name}: results.record outside the 'results' cell: "
+                                 + "; ".join(c.source[:60] for c in recording if c is not tagged[0]))
+    assert code[-1] is tagged[0], f"{notebook.name}: the 'results' cell is not the last code cell"
+
+
 def test_real_solutions_follow_the_exercise_conventions():
     """Every solution notebook follows docs/ARCHITECTURE.md's exercise conventions; grade ids are unique."""
     sources = authoring.solution_notebooks(REPO / "solutions")

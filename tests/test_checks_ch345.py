@@ -40,6 +40,28 @@ def _run_exercise(exercise: str, ns: dict, answer: str | None = None) -> dict:
     return ns
 
 
+def _hidden_tests(exercise: str) -> str:
+    """The hidden part of an exercise's graded check cell (what nbgrader runs on top of the
+    learner-visible check)."""
+    return _cell(f"{exercise}-check").split("### BEGIN HIDDEN TESTS")[1]
+
+
+def _assert_copied_result_fails(exercise: str, make_ns, function: str, result: str,
+                                as_literal) -> None:
+    """An answer whose ``function`` returns the notebook's own ``result`` as a literal (copied
+    from the output, not computed) fails the visible check AND the hidden tests."""
+    ns = make_ns()
+    exec(_cell(f"{exercise}-answer"), ns)
+    copied = as_literal(ns[result])
+    answer = f"def {function}(*_args):\n    return {copied!r}\n{result} = {copied!r}\n"
+    with pytest.raises(AssertionError, match="a test case"):
+        _run_exercise(exercise, make_ns(), answer)
+    ns = make_ns()
+    exec(answer, ns)
+    with pytest.raises(AssertionError):
+        exec(_hidden_tests(exercise), ns)
+
+
 # --------------------------------------------------------------------------- shared helpers
 def test_require_number_accepts_plain_numbers_only():
     assert checks.require_number(np.int64(3), "x") == 3.0
@@ -142,7 +164,7 @@ def test_ch3_ex1_check_names_the_slip(fn, message):
 
 def test_ch3_ex1_hidden_tests_block_a_disguised_library_call():
     ns = _namespace(my_stratified_auc=_strat_hidden_call)
-    hidden = _cell("ch03-ex1-check").split("### BEGIN HIDDEN TESTS")[1]
+    hidden = _hidden_tests("ch03-ex1")
     with pytest.raises(AssertionError, match="yourself"):
         exec(hidden, ns)
 
@@ -182,7 +204,7 @@ def test_ch3_ex2_hidden_tests_reject_non_random_draws(answer):
     ns = _namespace()
     exec(answer, ns)
     with pytest.raises(AssertionError):
-        exec(_cell("ch03-ex2-check").split("### BEGIN HIDDEN TESTS")[1], ns)
+        exec(_hidden_tests("ch03-ex2"), ns)
 
 
 # --------------------------------------------------------------------------- chapter 3, exercise 3
@@ -219,7 +241,7 @@ def test_ch3_ex3_hidden_tests_block_a_disguised_library_call():
     exec(_rule("getattr(probes, 'shortcut' + '_verdict')(site_ci_low, (site_ci_low, 1), "
                "auc_confounded, auc_independent).flagged"), ns)
     with pytest.raises(AssertionError, match="yourself"):
-        exec(_cell("ch03-ex3-check").split("### BEGIN HIDDEN TESTS")[1], ns)
+        exec(_hidden_tests("ch03-ex3"), ns)
 
 
 # --------------------------------------------------------------------------- chapter 4, exercise 1
@@ -255,7 +277,7 @@ def test_ch4_ex1_hidden_tests_reject_the_boundary_slip_and_a_disguised_call():
         ns = _namespace()
         exec(answer, ns)
         with pytest.raises(AssertionError):
-            exec(_cell("ch04-ex1-check").split("### BEGIN HIDDEN TESTS")[1], ns)
+            exec(_hidden_tests("ch04-ex1"), ns)
 
 
 # --------------------------------------------------------------------------- chapter 4, exercise 2
@@ -295,7 +317,7 @@ def test_ch4_ex2_rejects_the_string_100():
     exec(_cell("ch04-ex2-answer"), ns)
     ns["radius_below_06"] = "50"
     with pytest.raises(AssertionError):
-        exec(_cell("ch04-ex2-check").split("### BEGIN HIDDEN TESTS")[1], ns)
+        exec(_hidden_tests("ch04-ex2"), ns)
 
 
 # --------------------------------------------------------------------------- chapter 4, exercise 3
@@ -333,7 +355,7 @@ def test_ch4_ex3_a_str_subclass_fools_neither_check_nor_hidden_test():
         saliency.check_saliency_reading(ns["share_in_lungs"], ns["lung_area"], ns["verdict"],
                                         ns["ig_maps"], ns["ig_masks"])
     with pytest.raises(AssertionError):
-        exec(_cell("ch04-ex3-check").split("### BEGIN HIDDEN TESTS")[1], ns)
+        exec(_hidden_tests("ch04-ex3"), ns)
 
 
 # --------------------------------------------------------------------------- chapter 5, exercise 1
@@ -369,16 +391,8 @@ def test_ch5_ex1_check_names_the_slip(answer, message):
 
 
 def test_ch5_ex1_copying_the_tabulated_rates_fails():
-    ns = _ch5_ns()
-    exec(_cell("ch05-ex1-answer"), ns)
-    copied = dict(ns["underdiagnosis_by_group"])
-    answer = f"def my_underdiagnosis_by_group(a, b, c):\n    return {copied!r}\nunderdiagnosis_by_group = {copied!r}\n"
-    with pytest.raises(AssertionError, match="a test case"):
-        _run_exercise("ch05-ex1", _ch5_ns(), answer)
-    ns = _ch5_ns()
-    exec(answer, ns)
-    with pytest.raises(AssertionError):
-        exec(_cell("ch05-ex1-check").split("### BEGIN HIDDEN TESTS")[1], ns)
+    _assert_copied_result_fails("ch05-ex1", _ch5_ns, "my_underdiagnosis_by_group",
+                                "underdiagnosis_by_group", dict)
 
 
 # --------------------------------------------------------------------------- chapter 5, exercise 2
@@ -408,16 +422,7 @@ def test_ch5_ex2_check_names_the_slip(answer, message):
 
 
 def test_ch5_ex2_copying_the_widgets_maximum_fails():
-    ns = _ch5_ns()
-    exec(_cell("ch05-ex2-answer"), ns)
-    copied = float(ns["fair_threshold"])
-    answer = f"def my_fair_threshold(a, b, c, d):\n    return {copied!r}\nfair_threshold = {copied!r}\n"
-    with pytest.raises(AssertionError, match="a test case"):
-        _run_exercise("ch05-ex2", _ch5_ns(), answer)
-    ns = _ch5_ns()
-    exec(answer, ns)
-    with pytest.raises(AssertionError):
-        exec(_cell("ch05-ex2-check").split("### BEGIN HIDDEN TESTS")[1], ns)
+    _assert_copied_result_fails("ch05-ex2", _ch5_ns, "my_fair_threshold", "fair_threshold", float)
 
 
 # --------------------------------------------------------------------------- claims in chapters 3-5

@@ -83,3 +83,41 @@ def test_compare_to_table3_real_and_synthetic():
     assert synthetic.paper_auc.iloc[:3].isna().all() and synthetic.paper_auc.iloc[-1] > 0.9
     with pytest.raises(ValueError, match="MIMIC-CXR"):
         anchors.compare_to_table3(real, "Nowhere")
+
+
+def test_image_panels_draw_each_image_and_its_second_row_on_one_scale():
+    x = RNG.random((16, 16))
+    images = {"original": x, "high-pass": x - x.mean()}          # the second one is signed
+    spectra = {k: np.abs(np.fft.fft2(v)) for k, v in images.items()}
+    fig = plots.image_panels(images, "two images", below=spectra, below_max=5.0)
+    top, bottom = fig.axes[:2], fig.axes[2:]
+    assert [a.get_title() for a in top] == ["original", "high-pass"]
+    assert fig._suptitle.get_text() == "two images"
+    assert top[0].images[0].get_clim() == (0.0, 1.0)
+    assert top[1].images[0].get_clim() == pytest.approx((images["high-pass"].min(), images["high-pass"].max()))
+    assert all(a.images[0].get_clim() == (0, 5.0) for a in bottom)
+    assert (top[0].get_ylabel(), bottom[0].get_ylabel()) == ("image", "log |FFT|")
+    plt.close(fig)
+    one_row = plots.image_panels({"u8": np.full((4, 4), 200, np.uint8)}, "one")
+    assert len(one_row.axes) == 1 and one_row.axes[0].images[0].get_clim() == (0.0, 255.0)
+    plt.close(one_row)
+
+
+def test_paired_points_join_each_pair_and_refuse_unpaired_values():
+    fig = plots.paired_points([0.6, 0.62, 0.61], [0.8, 0.85, 0.9], ("patient-level", "image-level"),
+                              xlabel="split", ylabel="AUC", title="the split changes the score")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3 and [t.get_text() for t in ax.get_xticklabels()] == ["patient-level", "image-level"]
+    assert ax.lines[1].get_ydata().tolist() == [0.62, 0.85]
+    np.testing.assert_allclose(ax.collections[1].get_offsets()[:, 1], [0.8, 0.85, 0.9])
+    _assert_labelled(fig)
+    with pytest.raises(ValueError, match="pairs"):
+        plots.paired_points([0.1], [0.2, 0.3], ("a", "b"), xlabel="x", ylabel="y", title="t")
+
+
+def test_one_palette_and_one_png_helper():
+    assert plots.colours(10) == plots.PALETTE + plots.PALETTE[:2]
+    fig, _ = plt.subplots()
+    n_open = len(plt.get_fignums())
+    assert plots.figure_png(fig).startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(plt.get_fignums()) == n_open - 1                  # a pyplot figure is closed

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrlab.core import metrics
 from cxrlab.toolbox import probes
 
 
@@ -23,7 +24,8 @@ def test_stratified_auc_hand_case():
     assert got["a"] == pytest.approx(1.0)
     assert got["b"] == pytest.approx(0.5)
     assert got["all"] == pytest.approx(2 / 3)
-    assert t.set_index("stratum").loc["a", "n"] == 3
+    a = t.set_index("stratum").loc["a"]
+    assert (a["n_pos"], a["n_neg"]) == (1, 2)
 
 
 def test_stratified_auc_multiclass_hand_case():
@@ -162,7 +164,7 @@ def test_covariate_probe_finds_bmi_not_sex():
     auc = t[t["class"] == "A"].set_index(["features", "model"])["auc"]
     assert auc["bmi", "logistic"] > 0.9 and auc["bmi", "boosting"] > 0.9
     assert abs(auc["sex", "logistic"] - 0.5) < 0.15
-    assert set(t.columns) == {"features", "model", "class", "auc", "ci_low", "ci_high", "n"}
+    assert set(t.columns) == {"features", "model", "class", "auc", "ci_low", "ci_high", "n_pos", "n_neg"}
     assert (t.dropna()["ci_low"] <= t.dropna()["auc"]).all()
 
 
@@ -229,8 +231,8 @@ def test_paired_macro_auc_difference_sees_a_gap_two_overlapping_intervals_hide()
     a = np.eye(3)[y] * 0.9 + shared
     b = np.eye(3)[y] * 0.6 + shared
     patients = np.repeat(np.arange(75), 2)
-    sep_a = probes.ovr_auc_table(y, a, list("ABC"), patients, n_boot=200).iloc[-1]
-    sep_b = probes.ovr_auc_table(y, b, list("ABC"), patients, n_boot=200).iloc[-1]
+    sep_a = metrics.auc_table(y, a, list("ABC"), patients, n_boot=200, macro=True).iloc[-1]
+    sep_b = metrics.auc_table(y, b, list("ABC"), patients, n_boot=200, macro=True).iloc[-1]
     assert sep_a["ci_low"] < sep_b["ci_high"]            # the separate intervals overlap
     diff = probes.paired_macro_auc_difference(y, a, b, patients, n_boot=200)
     assert diff.estimate == pytest.approx(sep_a["auc"] - sep_b["auc"])
@@ -269,11 +271,32 @@ def test_site_shortcut_probe_flags_site_when_group_signal_is_off(monkeypatch):
     assert verdict.site_ci[0] >= 0.7
 
 
-def test_binary_auc_matches_sklearn_with_ties():
-    from sklearn.metrics import roc_auc_score
-
+def test_probe_tables_are_the_metrics_table_with_its_macro_row():
+    """One AUC code: a probe's table is metrics.auc_table's (same numbers, same columns), and its
+    macro row is metrics.macro_auc_ci."""
     rng = np.random.default_rng(5)
-    y = rng.integers(0, 2, 200)
-    s = np.round(rng.random(200) + 0.3 * y, 1)          # many ties
-    assert probes.binary_auc(y, s) == pytest.approx(roc_auc_score(y, s))
-    assert np.isnan(probes.binary_auc(np.ones(4), np.arange(4)))
+    y = np.arange(120) % 3
+    proba = np.round(np.eye(3)[y] * 0.4 + rng.random((120, 3)), 1)      # many ties
+    patients = np.repeat(np.arange(60), 2)
+    classes = list("ABC")
+    rows = probes.resampled_aucs({"all": pd.DataFrame({"patient_id": patients})}, y, proba, classes,
+                                 n_boot=50, seed=1).drop(columns="step")
+    table = metrics.auc_table(y, proba, classes, groups=patients.astype(str), n_boot=50, seed=1,
+                              macro=True)
+    pd.testing.assert_frame_equal(rows, table)
+    macro = metrics.macro_auc_ci(y, proba, groups=patients.astype(str), n_boot=50, seed=1)
+    assert tuple(table.iloc[3][["class", "auc", "ci_low", "ci_high"]]) == ("macro", *macro[:3])
+    assert probes.macro_ovr_auc(y, proba) == metrics.macro_auc(y, proba)   # the kept old name
+
+
+def test_a_class_without_positives_has_no_auc_and_a_sentence_says_why():
+    y = np.array([0, 1, 0, 1, 0, 1])
+    proba = np.eye(3)[y] + 0.1
+    rows = metrics.auc_table(y, proba, list("ABC"), n_boot=0, macro=True)
+    c = rows.set_index("class").loc["C"]
+    assert np.isnan(c["auc"]) and (c["n_pos"], c["n_neg"]) == (0, 6)
+    assert rows.set_index("class").loc["macro", "auc"] == 1.0           # over the defined classes
+    assert metrics.undefined_auc_note(rows) == (
+        "No AUC for C: the test set holds no image of C (an AUC needs images of the class and "
+        "of the others).")
+    assert metrics.undefined_auc_note(rows.iloc[:2]) == ""

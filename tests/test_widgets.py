@@ -1,11 +1,17 @@
-"""The degradation explorer, driven without a browser: setting .value fires the callbacks."""
+"""The degradation explorer, driven without a browser: setting .value fires the callbacks; and
+the protocol every course widget follows (factory that displays, ``draw=False``, one shape)."""
 from __future__ import annotations
 
 import ipywidgets as widgets
 import numpy as np
+import pandas as pd
 import pytest
 
+from cxrlab.toolbox import widgets as course_widgets
 from cxrlab.toolbox.widgets import degradation as W
+from cxrlab.toolbox.widgets import test_mix, threshold
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def brightness_model(images: np.ndarray) -> np.ndarray:
@@ -90,3 +96,73 @@ def test_first_image_right_at_skips_images_misclassified_when_degraded():
     images = np.stack([flat, busy, busy])
     assert W.first_image_right_at(brightness_model, images, [1, 1, 1], "high_pass", [1, 25]) == 1
     assert W.first_image_right_at(brightness_model, images, [0, 0, 0], "high_pass", [1]) == 0
+
+
+# --- the protocol of all three widgets ---------------------------------------------------------
+
+def _degradation(draw: bool) -> tuple[course_widgets.CourseWidget, callable]:
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    w = W.degradation_explorer(image, brightness_model, ["A", "B"], "high_pass", level=1, draw=draw)
+    return w, lambda: setattr(w.slider, "value", 150)
+
+
+def _test_mix(draw: bool) -> tuple[course_widgets.CourseWidget, callable]:
+    rng = np.random.default_rng(0)
+    test = pd.DataFrame({"race": rng.choice(list("ABC"), 120), "site": rng.choice(["s1", "s2"], 120),
+                         "no_finding": rng.random(120) < 0.5,
+                         "patient_id": [f"p{i}" for i in range(120)]})
+    proba = rng.dirichlet([1, 1, 1], 120)
+    w = test_mix.mix_widget(test, proba, list("ABC"), draw=draw, n_boot=10)
+    return w, lambda: setattr(w.sliders["s1"], "value", 0.9)
+
+
+def _threshold(draw: bool) -> tuple[course_widgets.CourseWidget, callable]:
+    rng = np.random.default_rng(0)
+    healthy = rng.random(200) < 0.5
+    score = np.clip(healthy * 0.3 + rng.random(200) * 0.7, 0, 1)
+    w = threshold.threshold_widget(healthy, score, rng.choice(list("AB"), 200), 0.2, draw=draw)
+    return w, lambda: setattr(w.slider, "value", 0.4)
+
+
+FACTORIES = {"degradation": _degradation, "test_mix": _test_mix, "threshold": _threshold}
+
+
+@pytest.fixture
+def displayed(monkeypatch) -> list:
+    """What the factories hand to IPython's ``display`` (recorded instead of shown)."""
+    import IPython.display
+
+    shown: list = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs: shown.extend(objs))
+    return shown
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_factory_displays_the_widget_once_and_draws_a_png(name, displayed):
+    w, move = FACTORIES[name](draw=True)
+    assert isinstance(w, course_widgets.CourseWidget)
+    assert displayed == [w.widget] and isinstance(w.widget, widgets.Box)
+    assert isinstance(w.figure, widgets.Image) and bytes(w.figure.value).startswith(PNG)
+    before = w.figure.value
+    move()                                     # a control moves, as a learner's drag would
+    assert bytes(w.figure.value).startswith(PNG) and w.figure.value != before
+    assert w.update() is w.result              # update() returns what the setting computed
+    assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_draw_false_computes_everything_but_shows_and_renders_nothing(name, displayed):
+    w, move = FACTORIES[name](draw=False)
+    drawn, _ = FACTORIES[name](draw=True)
+    assert len(displayed) == 1                 # only the drawn one
+    assert bytes(w.figure.value) == b""
+    first = w.result
+    move()
+    assert bytes(w.figure.value) == b"" and w.result is not first
+    same = drawn.result
+    if isinstance(same, np.ndarray):
+        np.testing.assert_allclose(FACTORIES[name](draw=False)[0].result, same)
+    elif isinstance(same, pd.DataFrame):
+        pd.testing.assert_frame_equal(FACTORIES[name](draw=False)[0].result, same)
+    else:
+        assert FACTORIES[name](draw=False)[0].result.thresholds == same.thresholds

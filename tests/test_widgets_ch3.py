@@ -116,12 +116,13 @@ def test_all_sliders_at_one_says_why_the_auc_is_missing():
     for s in w.sliders.values():
         s.value = 1.0
     assert w.table.loc[["B", "C"], "n"].eq(0).all() and w.table["auc"].isna().all()
-    assert "group A only" in w.note()
+    assert "No AUC for A, B, C: the set holds images of A only and no image of B, C" in w.note()
+    assert "site1 x A" in w.note() or "site2 x A" in w.note()        # group names keep their case
 
 
 def test_widget_draws_figure_and_table():
     df, proba = _test_set(200)
-    w = mix_widget(df, proba, CLASSES, n_boot=20)
+    w = MixWidget(df, proba, CLASSES, n_boot=20)
     first = w.figure.value
     assert first[:8] == b"\x89PNG\r\n\x1a\n" and "error_rate" in w.summary.value
     assert "real test set" in w.summary.value

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cxrlab.core.plots import figure_png
 from cxrlab.toolbox import fairness as F
 from cxrlab.toolbox.widgets import threshold as W
 
@@ -60,12 +61,12 @@ def test_summary_and_figure_are_plain_functions(cohort):
     ax = W.draw_operating_point(point)
     assert ax.get_title().startswith("per-group thresholds")
     assert ax.get_ylabel() == "rate" and len(ax.patches) == 6
-    assert W.render_png(point).startswith(b"\x89PNG")
+    assert figure_png(ax.figure).startswith(b"\x89PNG")
 
 
 def test_widget_container_and_factory(cohort):
     y, s, g = cohort
-    w = W.threshold_widget(y, s, g, 0.15, mode="per_group")
+    w = W.threshold_widget(y, s, g, 0.15, mode="per_group", draw=False)
     assert w.widget.children[1] is w.figure
     assert w.toggle.value == "per_group"
 
@@ -73,7 +74,8 @@ def test_widget_container_and_factory(cohort):
 def test_thresholds_chosen_on_fit_rows_and_measured_on_audit_rows(cohort):
     y, s, g = cohort
     fit = (y[:300], s[:300], g[:300])
-    w = W.threshold_widget(y[300:], s[300:], g[300:], 0.2, fit=fit, group_label="self-reported race")
+    w = W.threshold_widget(y[300:], s[300:], g[300:], 0.2, fit=fit, group_label="self-reported race",
+                           draw=False)
     ref = F.operating_point(y[300:], s[300:], g[300:], 0.2, "global", fit=fit)
     assert w.point.thresholds == ref.thresholds == {k: F.threshold_at_fpr(*fit[:2], 0.2) for k in "ABC"}
     w.toggle.value = "per_group"

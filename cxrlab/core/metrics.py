@@ -127,6 +127,8 @@ def auc_table(
     n_boot: int = 200,
     seed: int = 0,
     alpha: float = 0.05,
+    report_skipped: bool = True,
+    macro: bool = False,
 ) -> pd.DataFrame:
     """One-vs-rest AUC per class with a patient-level bootstrap ``1 - alpha`` CI.
 
@@ -134,13 +136,20 @@ def auc_table(
     0/1 labels with ``proba`` ``(N,)`` (binary: one row, for ``classes[-1]``), or an ``(N, K)``
     0/1 matrix with NaN for unknown (multilabel). ``groups`` (patient ids) are the resampling
     units; ``None`` resamples images. Resamples where a class has no positives or no negatives
-    are skipped; ``df.attrs["n_skipped"]`` says how many per class.
+    are skipped; ``df.attrs["n_skipped"]`` says how many per class, and a printed note says so
+    too unless ``report_skipped`` is False. A class with no positives or no negatives has no
+    AUC: its ``auc`` and interval are NaN, and :func:`undefined_auc_note` says why in a sentence
+    (show that sentence, not the NaN, to a reader).
 
-    Columns: ``class, auc, ci_low, ci_high, n_pos, n_neg``.
+    Columns: ``class, auc, ci_low, ci_high, n_pos, n_neg``. With ``macro`` and three or more
+    classes a last row, class ``"macro"``, holds :func:`macro_auc_ci` (the mean over the classes
+    that have an AUC); its ``n_pos`` / ``n_neg`` are the classes' counts summed.
 
     >>> y = np.arange(30) % 3
     >>> auc_table(y, np.eye(3)[y], ["A", "B", "C"], n_boot=20).auc.tolist()
     [1.0, 1.0, 1.0]
+    >>> auc_table(y, np.eye(3)[y], ["A", "B", "C"], n_boot=0, macro=True)["class"].tolist()
+    ['A', 'B', 'C', 'macro']
     """
     y, scores, names = _one_vs_rest(y_true, proba, classes)
     weights = bootstrap_weights(groups, len(y), n_boot, seed)
@@ -150,13 +159,51 @@ def auc_table(
         skipped[name] = n_skip
         rows.append({"class": name, "auc": auc, "ci_low": low, "ci_high": high,
                      "n_pos": int(np.nansum(y[:, j] == 1)), "n_neg": int(np.nansum(y[:, j] == 0))})
+    if macro and len(names) > 2:
+        rows.append(_macro_row(y_true, proba, classes, groups, n_boot, seed, alpha, rows))
     table = pd.DataFrame(rows, columns=["class", "auc", "ci_low", "ci_high", "n_pos", "n_neg"])
     table.attrs.update(n_boot=n_boot, n_skipped=skipped, alpha=alpha)
-    if any(skipped.values()):
+    if report_skipped and any(skipped.values()):
         worst = max(skipped.values())
         print(f"note: up to {worst} of {n_boot} bootstrap resamples had only one class for some "
               "class and were skipped (small test set)")
     return table
+
+
+def _macro_row(y_true: Sequence | np.ndarray, proba: np.ndarray, classes: Sequence[str] | None,
+               groups: Sequence | np.ndarray | None, n_boot: int, seed: int, alpha: float,
+               class_rows: list[dict]) -> dict:
+    """The ``macro`` row of :func:`auc_table`: :func:`macro_auc_ci`, NaN when no class has an AUC."""
+    counts = {"n_pos": sum(r["n_pos"] for r in class_rows), "n_neg": sum(r["n_neg"] for r in class_rows)}
+    if all(np.isnan(r["auc"]) for r in class_rows):
+        return {"class": "macro", "auc": float("nan"), "ci_low": float("nan"),
+                "ci_high": float("nan"), **counts}
+    ci = macro_auc_ci(y_true, proba, classes, groups, n_boot, seed, alpha)
+    return {"class": "macro", "auc": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, **counts}
+
+
+def undefined_auc_note(table: pd.DataFrame, what: str = "the test set") -> str:
+    """One sentence naming the classes of an AUC table (``class, auc, n_pos, n_neg``, as
+    :func:`auc_table` returns) whose AUC is undefined, and why; ``""`` when every AUC exists.
+
+    An AUC ranks positives against negatives, so a class with none of one kind has no AUC: the
+    table holds NaN, and this sentence is what a reader is shown instead.
+
+    >>> t = pd.DataFrame({"class": ["A", "B"], "auc": [0.8, np.nan], "n_pos": [5, 0], "n_neg": [5, 10]})
+    >>> undefined_auc_note(t)
+    'No AUC for B: the test set holds no image of B (an AUC needs images of the class and of the others).'
+    """
+    undefined = table[table["auc"].isna() & (table["class"] != "macro")]
+    if undefined.empty:
+        return ""
+    only = [str(c) for c in undefined.loc[(undefined["n_pos"] > 0) & (undefined["n_neg"] == 0), "class"]]
+    absent = [str(c) for c in undefined.loc[undefined["n_pos"] == 0, "class"]]
+    holds = ([f"images of {', '.join(only)} only"] if only else []) + (
+        [f"no image of {', '.join(absent)}"] if absent else [])
+    why = (f"{what} holds {' and '.join(holds)}" if holds
+           else "too few images of the class or of the others")
+    return (f"No AUC for {', '.join(map(str, undefined['class']))}: {why} (an AUC needs images "
+            "of the class and of the others).")
 
 
 def macro_auc(y_true: Sequence | np.ndarray, proba: np.ndarray,

@@ -7,7 +7,8 @@ shows.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -22,6 +23,28 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
            "#000000"]
 GREY = "#999999"
 SYNTHETIC_GROUP_LABEL = "group (synthetic stand-in)"
+
+
+def colours(n: int) -> list[str]:
+    """``n`` colours from :data:`PALETTE`, in its order, cycling when ``n`` exceeds it.
+
+    >>> colours(2)
+    ['#0072B2', '#E69F00']
+    """
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
+
+def figure_png(fig: Figure, dpi: int = 80) -> bytes:
+    """PNG bytes of a figure (what the widgets put into an ``ipywidgets.Image``), then the
+    figure is closed if pyplot holds it, so a callback that redraws leaks no figures.
+
+    >>> figure_png(Figure(figsize=(1, 1)))[:4]
+    b'\\x89PNG'
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def group_label(source: str | None) -> str:
@@ -203,4 +226,74 @@ def plot_age_scatter(age_true: Sequence | np.ndarray, age_pred: np.ndarray, ax=N
     ax.set(xlabel="recorded age (years)", ylabel="predicted age (years)",
            title=f"{title}\nMAE {mae:.1f} years")
     ax.legend(fontsize=8)
+    return fig
+
+
+def grey_range(image: np.ndarray) -> tuple[float, float]:
+    """Display range of an image in grey: 0-255 for uint8, 0-1 for an image in [0, 1], and the
+    image's own range when a filter made it signed (a high-pass output is centred on 0).
+
+    >>> grey_range(np.array([[0.2, 0.7]])), grey_range(np.array([[-0.3, 0.4]]))
+    ((0.0, 1.0), (-0.3, 0.4))
+    """
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return 0.0, 255.0
+    low, high = float(image.min()), float(image.max())
+    return (min(0.0, low), max(1.0, high)) if low >= 0 else (low, high)
+
+
+def image_panels(images: Mapping[str, np.ndarray], title: str, *,
+                 below: Mapping[str, np.ndarray] | None = None, below_max: float | None = None,
+                 row_labels: tuple[str, str] = ("image", "log |FFT|"),
+                 panel_size: tuple[float, float] = (1.6, 1.8)) -> Figure:
+    """A row of images, each titled by its key (grey, on :func:`grey_range`), and optionally a
+    second row ``below`` with the same keys (e.g. their log spectra, magma on ``0-below_max``,
+    so every panel shares one scale); ``row_labels`` name the two rows.
+
+    >>> fig = image_panels({"a": np.zeros((4, 4)), "b": np.ones((4, 4))}, "two images")
+    >>> [ax.get_title() for ax in fig.axes]
+    ['a', 'b']
+    """
+    nrows = 1 if below is None else 2
+    width, height = panel_size
+    fig, axes = plt.subplots(nrows, len(images), figsize=(width * len(images), height * nrows + 0.4),
+                             layout="constrained", squeeze=False)
+    for column, (name, image) in enumerate(images.items()):
+        low, high = grey_range(image)
+        axes[0, column].imshow(image, cmap="gray", vmin=low, vmax=high)
+        axes[0, column].set_title(name, fontsize=8)
+        if below is not None:
+            axes[1, column].imshow(below[name], cmap="magma", vmin=0, vmax=below_max)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if below is not None:
+        axes[0, 0].set_ylabel(row_labels[0])
+        axes[1, 0].set_ylabel(row_labels[1])
+    fig.suptitle(title)
+    return fig
+
+
+def paired_points(left: Sequence[float], right: Sequence[float], labels: tuple[str, str], *,
+                  xlabel: str, ylabel: str, title: str, ax=None) -> Figure:
+    """Each pair of values (e.g. one seed's score under two set-ups) as two points joined by a
+    faint line: the left ones in blue, the right ones in orange-red, ``labels`` under them.
+
+    >>> fig = paired_points([0.6, 0.62], [0.8, 0.85], ("before", "after"), xlabel="set-up",
+    ...                     ylabel="AUC", title="paired")
+    >>> len(fig.axes[0].lines), fig.axes[0].get_title()
+    (2, 'paired')
+    """
+    fig, ax = _axes(ax)
+    left, right = np.asarray(left, float), np.asarray(right, float)
+    if len(left) != len(right):
+        raise ValueError(f"{len(left)} left values but {len(right)} right ones: they come in pairs")
+    for a, b in zip(left, right):
+        ax.plot([0, 1], [a, b], "-", color=PALETTE[7], alpha=0.3)
+    ax.scatter(np.zeros(len(left)), left, color=PALETTE[0], label=labels[0], zorder=3)
+    ax.scatter(np.ones(len(right)), right, color=PALETTE[5], label=labels[1], zorder=3)
+    ax.set_xticks([0, 1], labels=list(labels))
+    ax.set_xlim(-0.5, 1.5)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     return fig

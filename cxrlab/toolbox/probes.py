@@ -22,7 +22,8 @@ explanation, on any manifest (synthetic, where the truth is known, or a real sou
   the features of a model trained for something else (the paper's transfer experiment);
 * **learner self-checks** for the chapter's exercises (``check_*``).
 
-Every table has one row per (probe, class) with ``auc``, ``ci_low``, ``ci_high`` and ``n``;
+Every table has one row per (probe, class) with ``auc``, ``ci_low``, ``ci_high``, ``n_pos`` and
+``n_neg`` (:func:`cxrlab.core.metrics.auc_table`'s columns, with its ``macro`` row);
 confidence intervals resample patients, not images, because images of one patient are not
 independent.
 """
@@ -34,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
@@ -58,70 +58,18 @@ MISSING = "missing"
 # AUCs with patient-level confidence intervals
 # ---------------------------------------------------------------------------------------------
 
-def binary_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of a binary label against a score; ``nan`` when only one class is present.
-
-    Computed from ranks (the Mann-Whitney statistic, ties count one half), which equals
-    :func:`sklearn.metrics.roc_auc_score` and is fast enough for thousands of bootstrap resamples.
-
-    >>> binary_auc(np.array([0, 0, 1]), np.array([0.1, 0.4, 0.9]))
-    1.0
-    """
-    y = np.asarray(y_true).astype(bool)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(score, dtype=float))
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def macro_ovr_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Mean one-vs-rest AUC over the classes that have both positives and negatives.
-
-    ``y_true`` holds class indices into the columns of ``proba`` (N, K).
-    """
-    y_true = np.asarray(y_true).astype(int)
-    proba = np.asarray(proba, dtype=float)
-    aucs = [binary_auc(y_true == k, proba[:, k]) for k in range(proba.shape[1])]
-    aucs = [a for a in aucs if np.isfinite(a)]
-    return float(np.mean(aucs)) if aucs else float("nan")
+    """Deprecated name of :func:`cxrlab.core.metrics.macro_auc` (chapter 3 called it until the
+    AUC code became one family); kept so a learner's saved notebook still runs."""
+    return metrics.macro_auc(y_true, proba)
 
 
-def auc_with_ci(y_true: np.ndarray, score: np.ndarray, groups: np.ndarray | None = None,
-                n_boot: int = 200, seed: int = 0) -> dict[str, float]:
-    """Binary AUC with a 95% bootstrap CI over ``groups`` (patient ids; images if ``None``).
-
-    Returns ``{"auc", "ci_low", "ci_high", "n"}``; everything is ``nan`` when a class is absent.
-    """
-    y_true = np.asarray(y_true).astype(int)
-    ci = metrics.binary_auc_ci(y_true, np.asarray(score, dtype=float), groups, n_boot, seed)
-    return {"auc": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n": int(len(y_true))}
-
-
-def ovr_auc_table(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
-                  groups: np.ndarray | None = None, n_boot: int = 200, seed: int = 0,
-                  macro: bool = True) -> pd.DataFrame:
-    """One-vs-rest AUC with CI per class (and a ``macro`` row) for class indices ``y_true``.
-
-    A binary problem may pass a 1-D score with ``classes=["negative", "positive"]`` style
-    names: the table then has one row, for the positive class.
-    """
-    y_true = np.asarray(y_true).astype(int)
-    proba = np.asarray(proba, dtype=float)
-    if proba.ndim == 1:
-        row = auc_with_ci(y_true, proba, groups, n_boot, seed)
-        return pd.DataFrame([{"class": str(classes[-1]), **row}])
-    if proba.shape[1] != len(classes):
-        raise ValueError(f"proba has {proba.shape[1]} columns but {len(classes)} classes were given")
-    rows = [{"class": str(c), **auc_with_ci(y_true == k, proba[:, k], groups, n_boot, seed)}
-            for k, c in enumerate(classes)]
-    if macro and len(classes) > 2:
-        auc = macro_ovr_auc(y_true, proba)
-        lo, hi = (metrics.macro_auc_ci(y_true, proba, groups=groups, n_boot=n_boot, seed=seed)[1:3]
-                  if np.isfinite(auc) and n_boot > 0 else (float("nan"), float("nan")))
-        rows.append({"class": "macro", "auc": auc, "ci_low": lo, "ci_high": hi, "n": int(len(y_true))})
-    return pd.DataFrame(rows)
+def _auc_table(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
+               groups: np.ndarray | None, n_boot: int, seed: int) -> pd.DataFrame:
+    """A probe's AUC table: :func:`cxrlab.core.metrics.auc_table` with its ``macro`` row, and
+    without the note on skipped resamples (a chapter prints dozens of these tables)."""
+    return metrics.auc_table(np.asarray(y_true).astype(int), proba, classes, groups, n_boot, seed,
+                             report_skipped=False, macro=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,10 +120,8 @@ def fit_probe(model: Any, X_train: Any, y_train: np.ndarray, X_test: Any, y_test
     raw = model.predict_proba(X_test)
     proba = np.zeros((len(raw), len(classes)))
     proba[:, list(model.classes_)] = raw
-    if len(classes) == 2:
-        table = ovr_auc_table(y_test, proba[:, 1], classes, groups, n_boot, seed)
-    else:
-        table = ovr_auc_table(y_test, proba, classes, groups, n_boot, seed)
+    table = _auc_table(y_test, proba[:, 1] if len(classes) == 2 else proba, classes, groups,
+                       n_boot, seed)
     return ProbeResult(table, model, proba, [str(c) for c in classes])
 
 
@@ -285,7 +231,7 @@ def covariate_probe(manifest: pd.DataFrame, target: str = "race",
     """Predict ``target`` from covariates alone (no image); AUC with patient-level CI.
 
     One row per (feature set, model kind, class) with columns ``features, model, class, auc,
-    ci_low, ci_high, n``. Gichoya et al. 2022 report AUC 0.55 from BMI and 0.61 from the
+    ci_low, ci_high, n_pos, n_neg``. Gichoya et al. 2022 report AUC 0.55 from BMI and 0.61 from the
     disease distribution on MIMIC-CXR.
 
     >>> table = covariate_probe(S.manifest, feature_sets={"bmi": ["bmi"]})   # doctest: +SKIP
@@ -304,7 +250,7 @@ def covariate_probe(manifest: pd.DataFrame, target: str = "race",
         result = fit_probe(model, X_train, y_train, X_test, y_test, classes, groups, n_boot, seed)
         tables.append(result.table.assign(features=name, model=kind))
     table = pd.concat(tables, ignore_index=True)
-    return table[["features", "model", "class", "auc", "ci_low", "ci_high", "n"]]
+    return table[["features", "model", "class", "auc", "ci_low", "ci_high", "n_pos", "n_neg"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +306,7 @@ def histogram_probe(images: np.ndarray, manifest: pd.DataFrame, target: str = "r
                            n_boot, seed)
         tables.append(result.table.assign(features="histogram", model=kind))
     table = pd.concat(tables, ignore_index=True)
-    return table[["features", "model", "class", "auc", "ci_low", "ci_high", "n"]]
+    return table[["features", "model", "class", "auc", "ci_low", "ci_high", "n_pos", "n_neg"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,18 +357,14 @@ def stratified_auc(y_true: np.ndarray, proba: np.ndarray, strata: Iterable[Any],
     tables = []
     for stratum in [*sorted(set(strata)), "all"]:
         mask = np.ones(len(strata), bool) if stratum == "all" else strata == stratum
-        table = ovr_auc_table(y_true[mask], proba[mask], classes,
-                              None if groups is None else groups[mask], n_boot, seed)
-        for i, row in table.iterrows():
-            if row["class"] == "macro":
-                continue
-            k = list(map(str, classes)).index(row["class"])
-            pos = int(((y_true[mask] == k) if proba.ndim == 2 else (y_true[mask] == 1)).sum())
-            if min(pos, int(mask.sum()) - pos) < min_per_class:
-                table.loc[i, ["auc", "ci_low", "ci_high"]] = np.nan
+        table = _auc_table(y_true[mask], proba[mask], classes,
+                           None if groups is None else groups[mask], n_boot, seed)
+        too_few = ((table["n_pos"] < min_per_class) | (table["n_neg"] < min_per_class)) & (
+            table["class"] != "macro")
+        table.loc[too_few, ["auc", "ci_low", "ci_high"]] = np.nan
         tables.append(table.assign(stratum=stratum))
     out = pd.concat(tables, ignore_index=True)
-    return out[["stratum", "class", "auc", "ci_low", "ci_high", "n"]]
+    return out[["stratum", "class", "auc", "ci_low", "ci_high", "n_pos", "n_neg"]]
 
 
 def stratified_evaluation(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
@@ -513,10 +455,10 @@ def resampled_aucs(steps: Mapping[str, pd.DataFrame], y_true: np.ndarray, proba:
     for name, sub in steps.items():
         idx = sub.index.to_numpy()
         groups = sub["patient_id"].astype(str).to_numpy() if "patient_id" in sub else None
-        tables.append(ovr_auc_table(y_true[idx], proba[idx], classes, groups, n_boot, seed)
+        tables.append(_auc_table(y_true[idx], proba[idx], classes, groups, n_boot, seed)
                       .assign(step=name))
     out = pd.concat(tables, ignore_index=True)
-    return out[["step", "class", "auc", "ci_low", "ci_high", "n"]]
+    return out[["step", "class", "auc", "ci_low", "ci_high", "n_pos", "n_neg"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,8 +580,8 @@ def site_probe(features_train: np.ndarray, sites_train: Iterable[Any], features_
 def _group_auc(proba: np.ndarray, frame: pd.DataFrame, target: str, classes: Sequence[str]) -> float:
     y = encode_target(frame[target], classes)
     keep = y >= 0
-    return macro_ovr_auc(y[keep], np.asarray(proba)[keep]) if len(classes) > 2 else \
-        binary_auc(y[keep], np.asarray(proba)[keep, 1])
+    proba = np.asarray(proba)[keep]
+    return metrics.macro_auc(y[keep], proba if len(classes) > 2 else proba[:, 1])
 
 
 def _rows(pair: tuple[np.ndarray, pd.DataFrame], frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
@@ -723,7 +665,7 @@ def paired_macro_auc_difference(y_true: np.ndarray, proba_a: np.ndarray, proba_b
     keep = y_true >= 0
     y, pa, pb = y_true[keep], np.asarray(proba_a, float)[keep], np.asarray(proba_b, float)[keep]
     g = None if groups is None else np.asarray(groups)[keep]
-    estimate = macro_ovr_auc(y, pa) - macro_ovr_auc(y, pb)
+    estimate = metrics.macro_auc(y, pa) - metrics.macro_auc(y, pb)
     weights = metrics.bootstrap_weights(g, len(y), n_boot, seed)
     diffs = np.zeros(len(weights))
     for k in range(pa.shape[1]):
@@ -780,8 +722,8 @@ def toy_shortcut_evidence(seed: int = 0, n: int = 600) -> pd.DataFrame:
                           indep["patient_id"].to_numpy(), n_boot=100, seed=seed).table.iloc[0]
         rows.append({"model": name, "site_auc": site["auc"], "site_ci_low": site["ci_low"],
                      "site_ci_high": site["ci_high"],
-                     "auc_confounded": binary_auc(conf["group"], head.predict_proba(feats[1])[:, 1]),
-                     "auc_independent": binary_auc(indep["group"], head.predict_proba(feats[3])[:, 1])})
+                     "auc_confounded": metrics.macro_auc(conf["group"], head.predict_proba(feats[1])[:, 1]),
+                     "auc_independent": metrics.macro_auc(indep["group"], head.predict_proba(feats[3])[:, 1])})
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -802,7 +744,7 @@ HAND_CASE = {
 }
 """The exercise's hand-worked case: stratum ``c`` holds positives only (no AUC)."""
 
-STRATIFIED_LIBRARY = ("stratified_auc", "stratified_evaluation", "ovr_auc_table", "auc_with_ci")
+STRATIFIED_LIBRARY = ("stratified_auc", "stratified_evaluation")
 EQUALISE_LIBRARY = ("equalise_groups", "match_within", "glocker_resample", "decorrelate")
 SHORTCUT_LIBRARY = ("shortcut_verdict", "verdicts_from_evidence", "ShortcutVerdict")
 
@@ -833,7 +775,7 @@ def check_stratified_auc(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], Mapp
     checks.require(isinstance(got, Mapping), f"return a dict {{stratum: AUC}}, got {type(got).__name__}")
     checks.require(set(map(str, got)) == {"a", "b", "c"},
                    f"expected one entry per stratum ('a', 'b', 'c'), got {sorted(map(str, got))}")
-    overall = binary_auc(case["y_true"], case["score"])
+    overall = metrics.macro_auc(case["y_true"], case["score"])
     for s, want in case["expected"].items():
         value = _stratum_value(got, s)
         if np.isnan(want):

@@ -6,16 +6,18 @@ image, its log Fourier spectrum and the model's class probabilities as a bar cha
 an ``ipywidgets.Image``: no ``Output`` capture, which strict nbval cannot compare), and writes
 the probabilities as text into an ``HTML`` element with the CSS class ``cxr-prediction`` (the
 browser test reads it). All logic is in plain methods, so tests drive it by setting ``.value``.
+:func:`degradation_explorer` builds and displays it (the widgets' protocol: see
+:mod:`cxrlab.toolbox.widgets`).
 
 >>> import numpy as np
->>> ex = DegradationExplorer(np.full((32, 32), 0.5), lambda x: np.array([[0.2, 0.8]]), ["A", "B"])
->>> ex.dropdown.value = "noise"; ex.slider.value = 0.1; ex.spec.name, ex.proba.tolist()
+>>> ex = degradation_explorer(np.full((32, 32), 0.5), lambda x: np.array([[0.2, 0.8]]), ["A", "B"],
+...                           draw=False)
+>>> ex.dropdown.value = "noise"; ex.slider.value = 0.1; ex.spec.name, ex.result.tolist()
 ('noise', [0.2, 0.8])
 """
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,8 +26,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from cxrlab.core.plots import colours
 from cxrlab.toolbox.degrade import (SEVERITY_SWEEPS, BlackOutTile, KeepTile, SweepSpec, _as_float_tensor,
                             log_spectrum)
+from cxrlab.toolbox.widgets import CourseWidget, shown
 
 PREDICTION_CLASS = "cxr-prediction"
 SLIDER_CLASS = "cxr-strength"
@@ -103,19 +107,9 @@ def make_slider(spec: SweepSpec, value: float | None = None) -> widgets.Widget:
     return slider
 
 
-def _palette() -> Sequence[str]:
-    """The course palette (cxrlab.core.plots.PALETTE, Okabe-Ito)."""
-    try:
-        from cxrlab.core.plots import PALETTE
-    except ImportError:  # plots not importable (e.g. a partial install): Okabe-Ito's first colours
-        return ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
-    return PALETTE
-
-
 def render_panels(original: np.ndarray, degraded: np.ndarray, classes: Sequence[str], proba: np.ndarray,
                   title: str = "", true_class: str | None = None) -> Figure:
     """Figure with the degraded image, its log spectrum and a bar chart of the probabilities."""
-    palette = _palette()
     fig = Figure(figsize=(9.6, 3.0), dpi=80)
     ax_img, ax_spec, ax_bar = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.1]})
     lo, hi = np.percentile(degraded, [0.5, 99.5])
@@ -126,7 +120,7 @@ def render_panels(original: np.ndarray, degraded: np.ndarray, classes: Sequence[
     ax_spec.set_title("log |FFT| (zero frequency centred)", fontsize=9)
     for ax in (ax_img, ax_spec):
         ax.set_xticks([]); ax.set_yticks([])
-    ax_bar.bar(range(len(classes)), proba, color=[palette[i % len(palette)] for i in range(len(classes))])
+    ax_bar.bar(range(len(classes)), proba, color=colours(len(classes)))
     ax_bar.set_xticks(range(len(classes)))
     ax_bar.set_xticklabels([str(c) for c in classes])
     ax_bar.set_ylim(0, 1)
@@ -137,15 +131,10 @@ def render_panels(original: np.ndarray, degraded: np.ndarray, classes: Sequence[
     return fig
 
 
-def figure_png(fig: Figure) -> bytes:
-    """PNG bytes of a matplotlib figure (no pyplot state involved)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-class DegradationExplorer:
+class DegradationExplorer(CourseWidget):
     """Dropdown (degradation) + slider (strength) -> image, spectrum and class probabilities.
+
+    ``result`` (also ``proba``) is the model's probabilities for the current setting.
 
     Args:
         image: one image, uint8 or float in [0, 1], ``(H, W)`` or ``(1, H, W)``.
@@ -178,9 +167,14 @@ class DegradationExplorer:
         self.figure = widgets.Image(format="png", layout=widgets.Layout(width="768px"))
         self.dropdown.observe(self.on_degradation, names="value")
         self.slider.observe(self.on_level, names="value")
-        self.box = widgets.VBox([widgets.HBox([self.dropdown, self.slider_box, self.unit]),
-                                 self.figure, self.prediction])
+        self.widget = widgets.VBox([widgets.HBox([self.dropdown, self.slider_box, self.unit]),
+                                    self.figure, self.prediction])
         self.update()
+
+    @property
+    def result(self) -> np.ndarray:
+        """The model's class probabilities for the current degradation and strength."""
+        return self.proba
 
     @property
     def spec(self) -> SweepSpec:
@@ -203,8 +197,8 @@ class DegradationExplorer:
         """The image under the current degradation and strength, ``(1, H, W)``."""
         return self.spec.make(self.slider.value)(self.image.clone())
 
-    def update(self) -> None:
-        """Degrade, predict, and refresh the text and (if ``draw``) the figure."""
+    def update(self, change: object = None) -> np.ndarray:
+        """Degrade, predict, and refresh the text and (if ``draw``) the figure; the probabilities."""
         spec, level = self.spec, self.slider.value
         degraded = self.degraded()
         self.proba = np.asarray(self.predict_fn(degraded.numpy()), dtype=float).reshape(-1)
@@ -212,11 +206,16 @@ class DegradationExplorer:
         self.unit.value = f"<small>{html.escape(spec.unit)}</small>"
         self.prediction.value = prediction_html(self.classes, self.proba, caption, self.true_class)
         if self.draw:
-            fig = render_panels(self.image[0].numpy(), degraded[0].numpy(), self.classes, self.proba,
-                                title=caption, true_class=self.true_class)
-            self.figure.value = figure_png(fig)
+            self.show_figure(render_panels(self.image[0].numpy(), degraded[0].numpy(), self.classes,
+                                           self.proba, title=caption, true_class=self.true_class))
+        return self.proba
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
 
-        display(self.box)
+def degradation_explorer(image: np.ndarray | torch.Tensor, predict_fn: Predictor,
+                         classes: Sequence[str], degradation: str = "high_pass",
+                         level: float | None = None, true_class: str | None = None,
+                         draw: bool = True) -> DegradationExplorer:
+    """Build chapter 4's degradation explorer and display it (``draw=False``: neither displayed
+    nor drawn, for tests); see :class:`DegradationExplorer`."""
+    return shown(DegradationExplorer(image, predict_fn, classes, degradation, level, draw,
+                                     true_class))

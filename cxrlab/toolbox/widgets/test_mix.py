@@ -10,10 +10,10 @@ comes with a 95% patient-bootstrap interval.
 
 The callback is a plain function, :func:`mix_metrics` on :func:`mix_test_set`, and the widget's
 ``update`` is what the sliders' observers call, so tests set ``slider.value`` and read
-``widget.table`` without a browser.
+``widget.table`` without a browser. :func:`mix_widget` builds and displays it (the widgets'
+protocol: see :mod:`cxrlab.toolbox.widgets`).
 
->>> w = MixWidget(test, proba, S.classes)   # doctest: +SKIP
->>> w.widget                                     # doctest: +SKIP
+>>> w = mix_widget(test, proba, S.classes)   # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from cxrlab.core import metrics
-from cxrlab.toolbox.probes import binary_auc, encode_target, macro_ovr_auc
-
-GROUP_LABEL = "group (synthetic stand-in)"
-"""The x-axis of the widget's bars; a real source passes ``group_label="self-reported race"``."""
+from cxrlab.core.plots import GREY, SYNTHETIC_GROUP_LABEL, colours
+from cxrlab.toolbox.probes import encode_target
+from cxrlab.toolbox.widgets import CourseWidget, shown
 
 
 def _any_finding(test: pd.DataFrame, finding_col: str) -> np.ndarray:
@@ -151,14 +151,6 @@ def _rate_ci(wrong: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _auc_ci(y: np.ndarray, score: np.ndarray, patients: np.ndarray | None, n_boot: int,
-            seed: int) -> tuple[float, float, float]:
-    if len(np.unique(y)) < 2:
-        return float("nan"), float("nan"), float("nan")
-    ci = metrics.binary_auc_ci(y.astype(int), score, patients, n_boot, seed)
-    return binary_auc(y, score), ci.low, ci.high
-
-
 def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
                 positions: np.ndarray, target: str = "race",
                 finding_col: str = "no_finding", n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -169,7 +161,9 @@ def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
     1 - recall at the arg-max; ``error_low``, ``error_high``) and ``wrongly_assigned`` (images
     of other groups given this one). The last row, ``all``, holds the macro AUC and the overall
     error rate. Intervals resample patients (``patient_id``; images if the column is absent).
-    An AUC needs the group and at least one other group in the set: otherwise it is NaN.
+    The AUCs are :func:`cxrlab.core.metrics.auc_table`'s and :func:`~cxrlab.core.metrics.macro_auc_ci`'s:
+    a group without images, or alone in the set, has no AUC (NaN here; :func:`undefined_note`
+    says why in a sentence).
     """
     positions = np.asarray(positions, dtype=int)
     y = encode_target(test[target].to_numpy()[positions], classes)
@@ -180,11 +174,13 @@ def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
     weights = metrics.bootstrap_weights(patients, len(y), n_boot, seed)
     pred = p.argmax(1) if len(p) else np.zeros(0, int)
     valid = y >= 0
+    valid_patients = None if patients is None else patients[valid]
+    aucs = metrics.auc_table(y[valid], p[valid], classes, valid_patients, n_boot, seed,
+                             report_skipped=False)
     rows = []
     for k, c in enumerate(classes):
         mine, others = y == k, valid & (y != k)
-        auc, auc_low, auc_high = _auc_ci(mine[valid], p[valid, k], None if patients is None
-                                         else patients[valid], n_boot, seed)
+        auc, auc_low, auc_high = aucs.loc[k, ["auc", "ci_low", "ci_high"]].astype(float)
         wrong = (pred[mine] != k).astype(float)
         err_low, err_high = _rate_ci(wrong, weights[:, mine])
         rows.append({
@@ -197,13 +193,13 @@ def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
             "wrongly_assigned": float((pred[others] == k).mean()) if others.any() else float("nan"),
         })
     two_groups = len(np.unique(y[valid])) >= 2
-    macro = (metrics.macro_auc_ci(y[valid], p[valid], groups=None if patients is None else patients[valid],
-                                  n_boot=n_boot, seed=seed) if two_groups else None)
+    macro = (metrics.macro_auc_ci(y[valid], p[valid], groups=valid_patients, n_boot=n_boot,
+                                  seed=seed) if two_groups else None)
     wrong_all = (pred[valid] != y[valid]).astype(float)
     err_low, err_high = _rate_ci(wrong_all, weights[:, valid])
     rows.append({"group": "all", "n": int(valid.sum()), "share": 1.0,
                  "finding_prevalence": float(finding[valid].mean()) if valid.any() else float("nan"),
-                 "auc": macro_ovr_auc(y[valid], p[valid]) if two_groups else float("nan"),
+                 "auc": macro.estimate if macro else float("nan"),
                  "auc_low": macro.low if macro else float("nan"),
                  "auc_high": macro.high if macro else float("nan"),
                  "error_rate": float(wrong_all.mean()) if valid.any() else float("nan"),
@@ -212,18 +208,18 @@ def mix_metrics(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
 
 
 def undefined_note(table: pd.DataFrame) -> str:
-    """A sentence naming the groups whose AUC is undefined in ``table`` ("" if none)."""
-    missing = [g for g in table.index if g != "all" and not np.isfinite(table.loc[g, "auc"])]
-    if not missing:
-        return ""
-    present = [g for g in table.index if g != "all" and table.loc[g, "n"] > 0]
-    why = (f"the set holds group {present[0]} only, so no one-vs-rest AUC can be computed"
-           if len(present) == 1 else "a one-vs-rest AUC needs images of the group and of the others")
-    return f"AUC n/a for {', '.join(missing)}: {why}."
+    """The sentence naming the groups whose AUC is undefined in a :func:`mix_metrics` table
+    ("" if none): :func:`cxrlab.core.metrics.undefined_auc_note`, the course's one rule."""
+    groups = table.drop(index="all", errors="ignore")
+    total = int(groups["n"].sum())
+    as_auc_table = pd.DataFrame({"class": groups.index, "auc": groups["auc"].to_numpy(),
+                                 "n_pos": groups["n"].to_numpy(), "n_neg": total - groups["n"].to_numpy()})
+    return metrics.undefined_auc_note(as_auc_table, what="the set")
 
 
-class MixWidget:
-    """Sliders for the test-set mix; ``table`` holds the metrics for the current setting.
+class MixWidget(CourseWidget):
+    """Sliders for the test-set mix; ``table`` (also ``result``) holds the metrics for the
+    current setting.
 
     ``sliders`` maps each site to its focus-group share slider; ``prevalence`` is the finding
     prevalence slider; ``reset`` returns to the real test set. It starts on the real test set
@@ -236,7 +232,7 @@ class MixWidget:
     def __init__(self, test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
                  focus_group: str | None = None, n: int | None = None, target: str = "race",
                  site_col: str = "site", finding_col: str = "no_finding", seed: int = 0,
-                 draw: bool = True, n_boot: int = 200, group_label: str = GROUP_LABEL) -> None:
+                 draw: bool = True, n_boot: int = 200, group_label: str = SYNTHETIC_GROUP_LABEL) -> None:
         import ipywidgets as W
 
         if len(test) != len(proba):
@@ -271,6 +267,11 @@ class MixWidget:
         self.draw_info = MixDraw(np.zeros(0, int))
         self._recompute()
 
+    @property
+    def result(self) -> pd.DataFrame:
+        """The metrics table for the current setting (:func:`mix_metrics`)."""
+        return self.table
+
     def settings(self) -> dict[str, float]:
         """Current slider values: ``{site: share, ..., "prevalence": p}``."""
         return {**{s: float(w.value) for s, w in self.sliders.items()},
@@ -299,58 +300,44 @@ class MixWidget:
                                       self.n, self.target, self.site_col, self.finding_col, self.seed)
         self.table = mix_metrics(self.test, self.proba, self.classes, self.draw_info.positions,
                                  self.target, self.finding_col, self.n_boot, self.seed)
+        self.summary.value = f"<p>{self.note()}</p>" + self.table.round(3).to_html(na_rep="n/a")
         if self.draw:
-            self._render()
+            self.show_figure(draw_mix(self.table, group_label=self.group_label))
         return self.table
 
     def note(self) -> str:
         """What the current table was computed on, and any undefined AUC."""
-        return " ".join(t for t in (self.draw_info.note().capitalize() + ".",
+        drawn = self.draw_info.note()
+        return " ".join(t for t in (drawn[:1].upper() + drawn[1:] + ".",
                                     undefined_note(self.table)) if t)
 
-    def _render(self) -> None:
-        self.figure.value = render_png(self.table, group_label=self.group_label)
-        self.summary.value = (f"<p>{self.note()}</p>"
-                              + self.table.round(3).to_html(na_rep="n/a"))
 
 
-def render_png(table: pd.DataFrame, dpi: int = 80, group_label: str = GROUP_LABEL) -> bytes:
-    """Bar charts of AUC and error rate per group with 95% intervals, as PNG bytes."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from cxrlab.core.plots import PALETTE
-
-    colours = list(PALETTE.values()) if isinstance(PALETTE, Mapping) else list(PALETTE)
+def draw_mix(table: pd.DataFrame, group_label: str = SYNTHETIC_GROUP_LABEL) -> Figure:
+    """Bar charts of AUC and error rate per group with 95% intervals ("n/a" where undefined)."""
     t = table.drop(index="all", errors="ignore")
-    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
-    try:
-        bar_colours = [colours[i % len(colours)] for i in range(len(t))]
-        for ax, col, low, high, ylabel, title in (
-                (axes[0], "auc", "auc_low", "auc_high", "one-vs-rest AUC (95% CI)", "AUC per group"),
-                (axes[1], "error_rate", "error_low", "error_high", "error rate (95% CI)",
-                 "misclassified, per group")):
-            values = t[col].to_numpy(float)
-            err = np.nan_to_num(np.vstack([values - t[low].to_numpy(float),
-                                           t[high].to_numpy(float) - values]))
-            ax.bar(t.index, np.nan_to_num(values), yerr=np.clip(err, 0, None), capsize=3,
-                   color=bar_colours)
-            for i, v in enumerate(values):
-                if not np.isfinite(v):
-                    ax.text(i, 0.05, "n/a", ha="center")
-            ax.set(ylim=(0.0, 1.0), ylabel=ylabel, title=title, xlabel=group_label)
-        axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    fig = Figure(figsize=(7, 2.8))
+    axes = fig.subplots(1, 2)
+    for ax, col, low, high, ylabel, title in (
+            (axes[0], "auc", "auc_low", "auc_high", "one-vs-rest AUC (95% CI)", "AUC per group"),
+            (axes[1], "error_rate", "error_low", "error_high", "error rate (95% CI)",
+             "misclassified, per group")):
+        values = t[col].to_numpy(float)
+        err = np.nan_to_num(np.vstack([values - t[low].to_numpy(float),
+                                       t[high].to_numpy(float) - values]))
+        ax.bar(t.index, np.nan_to_num(values), yerr=np.clip(err, 0, None), capsize=3,
+               color=colours(len(t)))
+        for i, v in enumerate(values):
+            if not np.isfinite(v):
+                ax.text(i, 0.05, "n/a", ha="center")
+        ax.set(ylim=(0.0, 1.0), ylabel=ylabel, title=title, xlabel=group_label)
+    axes[0].axhline(0.5, color=GREY, lw=0.8, ls="--")
+    fig.tight_layout()
+    return fig
 
 
 def mix_widget(test: pd.DataFrame, proba: np.ndarray, classes: Sequence[str],
-                    focus_group: str | None = None, **kwargs: object) -> MixWidget:
-    """Build the chapter's test-set-mix widget (show it with ``display(w.widget)``)."""
-    return MixWidget(test, proba, classes, focus_group, **kwargs)
-
+               focus_group: str | None = None, draw: bool = True, **kwargs: object) -> MixWidget:
+    """Build chapter 3's test-set-mix widget and display it (``draw=False``: neither displayed
+    nor drawn, for tests); keyword arguments go to :class:`MixWidget`."""
+    return shown(MixWidget(test, proba, classes, focus_group, draw=draw, **kwargs))

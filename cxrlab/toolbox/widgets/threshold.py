@@ -15,45 +15,47 @@ and the summary gives thresholds and overall accuracy. All logic lives in plain 
 (:func:`summary_html`, :func:`draw_operating_point`) and in :meth:`ThresholdExplorer.update`,
 so tests drive the widget by setting ``.value`` without a browser. The figure is a PNG in an
 ``ipywidgets.Image`` (no ``Output`` capture, which strict nbval cannot compare).
+:func:`threshold_widget` builds and displays it (the widgets' protocol: see
+:mod:`cxrlab.toolbox.widgets`).
 
 >>> import numpy as np
->>> w = ThresholdExplorer(np.array([True, False, True, False]), np.array([0.9, 0.3, 0.8, 0.6]),
-...                       np.array(["A", "A", "B", "B"]), target_fpr=0.0)
->>> w.toggle.value = "per_group"; w.point.mode
+>>> w = threshold_widget(np.array([True, False, True, False]), np.array([0.9, 0.3, 0.8, 0.6]),
+...                      np.array(["A", "A", "B", "B"]), target_fpr=0.0, draw=False)
+>>> w.toggle.value = "per_group"; w.result.mode
 'per_group'
 """
 from __future__ import annotations
 
 import html
-import io
 from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
+from cxrlab.core.plots import SYNTHETIC_GROUP_LABEL, colours
 from cxrlab.toolbox.fairness import OperatingPoint, operating_point
+from cxrlab.toolbox.widgets import CourseWidget, shown
 
 MODES = (("one global threshold", "global"), ("per-group thresholds", "per_group"))
-GROUP_LABEL = "group (synthetic stand-in)"   # the x-axis; real sources pass "self-reported race"
 
 
-def draw_operating_point(point: OperatingPoint, ax: Any = None, group_label: str = GROUP_LABEL) -> Any:
+def draw_operating_point(point: OperatingPoint, ax: Any = None,
+                         group_label: str = SYNTHETIC_GROUP_LABEL) -> Any:
     """Grouped bars of underdiagnosis and overdiagnosis per group, target as a dashed line.
 
     Returns the axes (a new figure's when ``ax`` is None).
     """
-    from cxrlab.core.plots import PALETTE
-
+    under_colour, over_colour = colours(2)
     if ax is None:
         ax = Figure(figsize=(6.4, 3.0)).subplots()
     table = point.per_group
     x = np.arange(len(table))
     width = 0.38
     ax.bar(x - width / 2, table["underdiagnosis"], width, label="underdiagnosis (FPR of No Finding)",
-           color=PALETTE[0])
+           color=under_colour)
     ax.bar(x + width / 2, table["overdiagnosis"], width, label="overdiagnosis (FNR of No Finding)",
-           color=PALETTE[1 % len(PALETTE)])
+           color=over_colour)
     ax.axhline(point.target_fpr, color="0.3", linestyle="--", linewidth=1, label="target")
     ax.set_xticks(x)
     ax.set_xticklabels([str(k) for k in table.index])
@@ -64,16 +66,6 @@ def draw_operating_point(point: OperatingPoint, ax: Any = None, group_label: str
     ax.set_title(f"{mode}: accuracy {point.accuracy:.3f}")
     ax.legend(loc="upper right", fontsize=8, frameon=False)
     return ax
-
-
-def render_png(point: OperatingPoint, dpi: int = 80, group_label: str = GROUP_LABEL) -> bytes:
-    """The operating-point figure as PNG bytes (for an ``ipywidgets.Image``)."""
-    ax = draw_operating_point(point, group_label=group_label)
-    fig = ax.figure
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
 
 
 def summary_html(point: OperatingPoint) -> str:
@@ -90,22 +82,23 @@ def summary_html(point: OperatingPoint) -> str:
             f"<th>overdiagnosis</th><th>n</th></tr>{rows}</table>")
 
 
-class ThresholdExplorer:
+class ThresholdExplorer(CourseWidget):
     """Slider (target underdiagnosis rate) + toggle (global / per-group) + figure + summary.
 
     ``no_finding_true`` is the label to audit against, ``proba`` the model's "No Finding"
     score, ``groups`` one group label per row; ``fit`` (labels, scores, groups) are the rows
-    the thresholds are chosen on (default: the audited rows themselves). Display it by putting it last in a cell (or
-    ``display(explorer.widget)``). ``explorer.point`` is the current :class:`OperatingPoint`.
+    the thresholds are chosen on (default: the audited rows themselves). :func:`threshold_widget`
+    builds and displays it. ``explorer.point`` (also ``result``) is the current
+    :class:`OperatingPoint`.
     """
 
     def __init__(self, no_finding_true: Any, proba: Any, groups: Any, target_fpr: float = 0.2,
                  mode: str = "global", draw: bool = True, fit: tuple[Any, Any, Any] | None = None,
-                 group_label: str = GROUP_LABEL) -> None:
+                 group_label: str = SYNTHETIC_GROUP_LABEL) -> None:
         self._data = (np.asarray(no_finding_true, dtype=bool), np.asarray(proba, dtype=float),
                       np.asarray(groups, dtype=object))
         self._fit, self._group_label = fit, group_label
-        self._draw = draw
+        self.draw = draw
         self.slider = widgets.FloatSlider(
             value=target_fpr, min=0.01, max=0.6, step=0.01, continuous_update=False,
             description="target underdiagnosis", style={"description_width": "initial"},
@@ -120,27 +113,32 @@ class ThresholdExplorer:
                                     self.summary])
         self.update()
 
+    @property
+    def result(self) -> OperatingPoint | None:
+        """The operating point for the current slider and toggle."""
+        return self.point
+
     def _on_change(self, _change: Any = None) -> None:
         self.update()
 
-    def update(self) -> OperatingPoint:
+    def update(self, change: object = None) -> OperatingPoint:
         """Recompute the operating point from the controls and refresh summary and figure."""
         y, s, g = self._data
         self.point = operating_point(y, s, g, float(self.slider.value), self.toggle.value, self._fit)
         self.summary.value = summary_html(self.point)
-        if self._draw:
-            self.figure.value = render_png(self.point, group_label=self._group_label)
+        if self.draw:
+            ax = draw_operating_point(self.point, group_label=self._group_label)
+            ax.figure.tight_layout()
+            self.show_figure(ax.figure)
         return self.point
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
 
 
 def threshold_widget(no_finding_true: Any, proba: Any, groups: Any, target_fpr: float = 0.2,
                      mode: str = "global", fit: tuple[Any, Any, Any] | None = None,
-                     group_label: str = GROUP_LABEL) -> ThresholdExplorer:
-    """Build the chapter's threshold explorer (see :class:`ThresholdExplorer`); ``fit`` =
-    ``(labels, scores, groups)`` of the rows the thresholds are chosen on (the validation
-    split with recorded labels), measured on the rows given first."""
-    return ThresholdExplorer(no_finding_true, proba, groups, target_fpr, mode, fit=fit,
-                             group_label=group_label)
+                     group_label: str = SYNTHETIC_GROUP_LABEL, draw: bool = True) -> ThresholdExplorer:
+    """Build chapter 5's threshold explorer and display it (``draw=False``: neither displayed
+    nor drawn, for tests); see :class:`ThresholdExplorer`. ``fit`` = ``(labels, scores,
+    groups)`` of the rows the thresholds are chosen on (the validation split with recorded
+    labels), measured on the rows given first."""
+    return shown(ThresholdExplorer(no_finding_true, proba, groups, target_fpr, mode, draw, fit,
+                                   group_label))
