@@ -82,18 +82,21 @@ def make_renderer(cfg: SyntheticConfig) -> Renderer:
     return Renderer(cfg)
 
 
-def render_workers(n_images: int, workers: int | None = None) -> int:
+def render_workers(n_images: int, workers: int | None = None, anatomy: str = "drawn") -> int:
     """How many processes draw a cohort of ``n_images``: ``workers`` (None: every core this
-    process may use), but one for a cohort under :data:`PARALLEL_MIN_IMAGES` images, and one
+    process may use), but one for a cohort under :data:`PARALLEL_MIN_IMAGES` images, one
     where processes cannot be forked (macOS, Windows: a spawned worker would re-run the
-    caller's script, which a script without a ``__main__`` guard does not survive).
+    caller's script, which a script without a ``__main__`` guard does not survive), and one
+    for ``anatomy="ct"``: the CT renderer resizes its projections with torch, and torch's
+    thread pool deadlocks in a child forked from a process that has already used it (seen:
+    the knob tests hung in ``CTRenderer.__init__``).
 
-    >>> render_workers(100, 8), render_workers(5000, 1)
-    (1, 1)
+    >>> render_workers(100, 8), render_workers(5000, 1), render_workers(5000, 8, anatomy="ct")
+    (1, 1, 1)
     """
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if n_images < PARALLEL_MIN_IMAGES or not _can_fork():
+    if n_images < PARALLEL_MIN_IMAGES or anatomy == "ct" or not _can_fork():
         return 1
     return max(1, min(int(workers), -(-n_images // CHUNK_IMAGES)))
 
@@ -135,7 +138,7 @@ def _render_all(folder: Path, table: pd.DataFrame, cfg: SyntheticConfig, progres
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()
     rows = table.to_dict("records")
-    n_workers = render_workers(len(rows), workers)
+    n_workers = render_workers(len(rows), workers, cfg.anatomy)
     bar = tqdm(total=len(rows), desc=f"synthetic {cfg.image_size}px", unit="img",
                disable=not progress)
     with bar:
@@ -145,8 +148,8 @@ def _render_all(folder: Path, table: pd.DataFrame, cfg: SyntheticConfig, progres
                 bar.update(render_rows(folder, cfg, rows[start:start + CHUNK_IMAGES], start,
                                        renderer))
             return
-        # forked: nothing is imported again, and the workers only use numpy, scipy and PIL
-        # (never torch, whose threads a kernel may have running; forking leaves those behind)
+        # forked: nothing is imported again, and the drawn renderer only uses numpy, scipy and
+        # PIL (never torch, whose thread pool does not survive a fork; see render_workers)
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
             jobs = [pool.submit(render_rows, folder, cfg, rows[start:start + CHUNK_IMAGES], start)
