@@ -182,7 +182,8 @@ def idc_mirror(monkeypatch):
 def test_index_route_fetches_resumes_and_joins_idc_clinical(idc_mirror, tmp_path):
     out = cov.fetch_covid19_ar(tmp_path / "cov", mirror=idc_mirror.base, size=16,
                                progress=False, backoff=0)
-    df = read_manifest(out, check_files=True).set_index("patient_id")
+    # the manifest is sorted by image_id (the SOP Instance UID, random in these test DICOMs)
+    df = read_manifest(out, check_files=True).set_index("patient_id").sort_index()
     assert list(df.index) == ["COVID-19-AR-1001", "COVID-19-AR-1002"]    # lateral series not fetched
     assert list(df["race"]) == ["White", "Black"] and list(df["age"]) == [70, 44]
     ranged = [s for s in idc_mirror.seen if s.path.endswith("i1.dcm") and "Range" in s.headers]
