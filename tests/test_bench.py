@@ -31,13 +31,13 @@ def test_bench_training_measures_cache_and_throughput(tmp_path):
 
 def test_course_bench_table_has_a_total_row():
     bench = _load("run_course_bench")
-    rows = [{"chapter": "ch00", "preset": "demo", "status": "ok", "wall_s": 10.0,
+    rows = [{"chapter": "ch00", "preset": "demo", "status": "ok", "wall_s": 10.0, "cpu_s": 8.0,
              "peak_kernel_rss_mb": 900, "gpu_libraries_mb": 200},
-            {"chapter": "ch01", "preset": "demo", "status": "ok", "wall_s": 5.0,
+            {"chapter": "ch01", "preset": "demo", "status": "ok", "wall_s": 5.0, "cpu_s": 3.0,
              "peak_kernel_rss_mb": 950, "gpu_libraries_mb": 300}]
     table = bench.markdown_table(rows)
-    assert "| ch00 | demo | ok | 10 | 900 | 200 | 700 |" in table
-    assert "| **all** | demo | | **15** | **950** | | **700** |" in table
+    assert "| ch00 | demo | ok | 10 | 8 | 900 | 200 | 700 |" in table
+    assert "| **all** | demo | | **15** | **11** | **950** | | **700** |" in table
 
 
 @pytest.mark.slow
@@ -51,7 +51,10 @@ def test_peak_memory_sampler_sees_a_child_and_its_torch_libraries():
     with bench.PeakKernelMemory(interval=0.05, maps_every=0.5) as memory:
         subprocess.run([sys.executable, "-c", "import torch, time; x = torch.ones(2**25); time.sleep(1.5)"],
                        check=True)
+        subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                        "while time.process_time() - t < 1.0: pass"], check=True)
     assert memory.peak_bytes > 128 * 2**20                  # the 128 MB tensor was seen
+    assert memory.cpu_seconds >= 0.7                        # the busy child's second of CPU
     if torch.version.cuda:                                  # the CUDA wheel maps its libraries
         assert 0 < memory.gpu_library_bytes < memory.peak_bytes
     else:
