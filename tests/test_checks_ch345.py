@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlab.toolbox import checks, degrade, fairness, probes, saliency
+from cxrlab.toolbox import checks, degrade, fairness, probes, saliency, sweeps
 
 ROOT = Path(__file__).resolve().parents[1] / "solutions"
 NOTEBOOKS = {"ch03": "ch03_confounders.ipynb", "ch04": "ch04_degradations.ipynb",
@@ -29,8 +29,8 @@ def _cell(grade_id: str) -> str:
 
 
 def _namespace(**data) -> dict:
-    return {"np": np, "pd": pd, "probes": probes, "degrade": degrade, "fairness": fairness,
-            "saliency": saliency, **data}
+    return {"np": np, "pd": pd, "probes": probes, "degrade": degrade, "sweeps": sweeps,
+            "fairness": fairness, "saliency": saliency, **data}
 
 
 def _run_exercise(exercise: str, ns: dict, answer: str | None = None) -> dict:
@@ -110,16 +110,35 @@ def test_forbid_library_sees_attributes_aliases_and_nested_functions():
 
     for fn in (by_attribute, by_alias, nested):
         with pytest.raises(checks.CheckFailed, match="write the task yourself"):
-            checks.forbid_library(fn, probes, ["stratified_auc"], "the task")
-    checks.forbid_library(lambda y: np.mean(y), probes, ["stratified_auc"], "the task")
+            checks.forbid_library(fn, [probes.stratified_auc], "the task")
+    checks.forbid_library(lambda y: np.mean(y), [probes.stratified_auc], "the task")
 
 
-def test_library_hidden_blocks_and_restores():
-    original = probes.stratified_auc
-    with checks.library_hidden(probes, ["stratified_auc"], "it"):
-        with pytest.raises(checks.CheckFailed, match="write it yourself"):
-            getattr(probes, "stratified" + "_auc")([1], [1], [1], ["a"])
-    assert probes.stratified_auc is original
+def test_library_blocked_blocks_disguised_and_re_exported_calls_and_restores():
+    from cxrlab.toolbox import degrade
+
+    original, re_exported = probes.stratified_auc, sweeps.HighPass
+    namespace = {"mine": probes.stratified_auc}
+    with checks.library_blocked(*probes.STRATIFIED_LIBRARY, degrade.HighPass, namespace=namespace,
+                                task="it"):
+        for call in (lambda: getattr(probes, "stratified" + "_auc")([1], [1], [1], ["a"]),
+                     lambda: namespace["mine"]([1], [1], [1], ["a"]),
+                     lambda: sweeps.HighPass(3)):          # sweeps imports HighPass from degrade
+            with pytest.raises(checks.CheckFailed, match="calls cxrlab.toolbox.*: write it yourself"):
+                call()
+    assert probes.stratified_auc is original and namespace["mine"] is original
+    assert sweeps.HighPass is re_exported is degrade.HighPass
+
+
+@pytest.mark.parametrize("library", [probes.STRATIFIED_LIBRARY, probes.EQUALISE_LIBRARY,
+                                     probes.SHORTCUT_LIBRARY, degrade.HIGH_PASS_LIBRARY,
+                                     sweeps.FIRST_LEVEL_LIBRARY, fairness.UNDERDIAGNOSIS_LIBRARY,
+                                     fairness.FAIR_THRESHOLD_LIBRARY])
+def test_every_library_tuple_holds_the_objects_themselves(library):
+    import sys
+
+    for item in library:
+        assert callable(item) and getattr(sys.modules[item.__module__], item.__name__) is item
 
 
 # --------------------------------------------------------------------------- chapter 3, exercise 1
@@ -282,12 +301,12 @@ def test_ch4_ex1_hidden_tests_reject_the_boundary_slip_and_a_disguised_call():
 
 # --------------------------------------------------------------------------- chapter 4, exercise 2
 def _ch4_ex2_ns() -> dict:
-    table = degrade._sweep_table((1, 5, 10, 25, 50, 100, 150, 200),
+    table = sweeps.sweep_table((1, 5, 10, 25, 50, 100, 150, 200),
                                  (0.99, 0.97, 0.9, 0.7, 0.58, 0.62, 0.5, 0.52), (0.99, 0.5, 0.9, 0.7, 0.6, 0.6, 0.5, 0.5))
-    return _namespace(sweeps={"high_pass": table})
+    return _namespace(test_time={"high_pass": table})
 
 
-def _first_level(body: str, value: str = "my_first_level_below(sweeps['high_pass'], 0.6)") -> str:
+def _first_level(body: str, value: str = "my_first_level_below(test_time['high_pass'], 0.6)") -> str:
     return ("def my_first_level_below(table, threshold):\n"
             f"    {body}\n"
             f"radius_below_06 = {value}\n")
@@ -303,7 +322,7 @@ def test_ch4_ex2_solution_passes(capsys):
      "class == 'macro'"),
     (_first_level("m = table[table['class'] == 'macro']\n    return float(m['level'].iloc[int(m['auc'].argmin())])"),
      "LOWEST AUC"),
-    (_first_level("return degrade.first_level_below(table, threshold)"), "write the search yourself"),
+    (_first_level("return sweeps.first_level_below(table, threshold)"), "write the search yourself"),
 ])
 def test_ch4_ex2_check_names_the_slip(answer, message):
     with pytest.raises(AssertionError, match=message):
@@ -312,7 +331,7 @@ def test_ch4_ex2_check_names_the_slip(answer, message):
 
 def test_ch4_ex2_rejects_the_string_100():
     with pytest.raises(AssertionError, match="not the str '50'"):
-        degrade.check_first_level_below("50", _ch4_ex2_ns()["sweeps"]["high_pass"], 0.6)
+        sweeps.check_first_level_below("50", _ch4_ex2_ns()["test_time"]["high_pass"], 0.6)
     ns = _ch4_ex2_ns()
     exec(_cell("ch04-ex2-answer"), ns)
     ns["radius_below_06"] = "50"
@@ -440,7 +459,7 @@ def test_an_untouched_exercise_says_answer_it_first():
         raise NotImplementedError("Exercise: not implemented yet")
 
     for check in (probes.check_stratified_auc, probes.check_equalise_groups, degrade.check_high_pass,
-                  degrade.check_first_level_function, fairness.check_underdiagnosis_function,
+                  sweeps.check_first_level_function, fairness.check_underdiagnosis_function,
                   fairness.check_fair_threshold_function):
         with pytest.raises(checks.CheckFailed, match="answer the exercise above first"):
             check(stub)

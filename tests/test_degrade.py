@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cxrlab.toolbox import degrade as D
+from cxrlab.toolbox import sweeps
 
 
 def sinusoid(size: int, cycles: int, axis: int = 1, amplitude: float = 0.25) -> np.ndarray:
@@ -73,7 +74,7 @@ def test_low_plus_high_partition_the_spectrum_and_conserve_energy(noise_image):
 
 
 def test_low_pass_energy_grows_with_radius(noise_image):
-    energies = [D.spectral_energy(D.low_pass(noise_image, d)) for d in D.PAPER_RADII]
+    energies = [D.spectral_energy(D.low_pass(noise_image, d)) for d in sweeps.PAPER_RADII]
     assert all(a <= b + 1e-9 for a, b in zip(energies, energies[1:]))
 
 
@@ -85,12 +86,12 @@ def test_low_pass_energy_grows_with_radius(noise_image):
     lambda: torch.rand(4, 1, 32, 32, dtype=torch.float64),
     lambda: (torch.rand(2, 1, 32, 32) * 255).to(torch.uint8),
 ])
-@pytest.mark.parametrize("name", list(D.SEVERITY_SWEEPS))
+@pytest.mark.parametrize("name", list(sweeps.SEVERITY_SWEEPS))
 def test_every_sweep_preserves_type_shape_and_dtype(make, name):
     x = make()
-    spec = D.SEVERITY_SWEEPS[name]
+    spec = sweeps.SEVERITY_SWEEPS[name]
     for level in (spec.levels[0], spec.levels[-1]):
-        y = D.make_degradation(name, level)(x)
+        y = sweeps.make_degradation(name, level)(x)
         assert type(y) is type(x)
         assert tuple(y.shape) == tuple(x.shape)
         assert y.dtype == x.dtype
@@ -211,12 +212,12 @@ def test_keep_region_with_per_image_masks():
 
 
 def test_sweeps_are_described():
-    for name, spec in D.SEVERITY_SWEEPS.items():
+    for name, spec in sweeps.SEVERITY_SWEEPS.items():
         assert spec.name == name and len(spec.levels) >= 4
-        assert repr(D.make_degradation(name, spec.levels[1])).startswith(type(spec.make(spec.levels[1])).__name__)
-    assert D.SEVERITY_SWEEPS["high_pass"].levels == D.PAPER_RADII
+        assert repr(sweeps.make_degradation(name, spec.levels[1])).startswith(type(spec.make(spec.levels[1])).__name__)
+    assert sweeps.SEVERITY_SWEEPS["high_pass"].levels == sweeps.PAPER_RADII
     with pytest.raises(KeyError, match="unknown degradation"):
-        D.make_degradation("sepia", 1)
+        sweeps.make_degradation("sepia", 1)
 
 
 class DetailModel:
@@ -224,7 +225,7 @@ class DetailModel:
 
     def predict(self, images: np.ndarray, transform=None) -> np.ndarray:
         if transform is not None:                   # as TrainedModel.predict: floats, batched
-            images = D.degrade_images(images, transform, batch_size=16)
+            images = sweeps.degrade_images(images, transform, batch_size=16)
         detail = np.abs(np.diff(np.asarray(images, float), axis=-1)).mean(axis=(-2, -1))
         p = 1 / (1 + np.exp(-(detail - 0.02) * 200))
         return np.stack([1 - p, p], axis=1)
@@ -241,31 +242,31 @@ def detail_data() -> tuple[np.ndarray, np.ndarray]:
 
 def test_degrade_images_batches_like_the_functional_form(detail_data):
     images, _ = detail_data
-    out = D.degrade_images(images, D.LowPass(50), batch_size=7)
+    out = sweeps.degrade_images(images, D.LowPass(50), batch_size=7)
     assert out.dtype == np.float32 and out.shape == images.shape
     np.testing.assert_allclose(out, D.low_pass(images.astype(np.float32) / 255, 50), atol=1e-5)
 
 
 def test_sweep_at_test_time_and_first_level_below(detail_data):
     images, y = detail_data
-    table = D.sweep_at_test_time(DetailModel(), images, y, ["smooth", "textured"], "low_pass",
+    table = sweeps.sweep_at_test_time(DetailModel(), images, y, ["smooth", "textured"], "low_pass",
                                  n_boot=20, progress=False)
     assert set(table.columns) >= {"degradation", "level", "class", "auc", "ci_low", "ci_high"}
     macro = table[table["class"] == "macro"].set_index("level")["auc"]
     assert macro[200] == 1.0 and macro[1] == 0.5     # detail removed -> chance
-    level = D.first_level_below(table, 0.6)
+    level = sweeps.first_level_below(table, 0.6)
     assert level is not None and macro[level] < 0.6 and all(macro.loc[: level].iloc[:-1] >= 0.6)
-    D.check_first_level_below(level, table)
+    sweeps.check_first_level_below(level, table)
     with pytest.raises(AssertionError, match="not the first level"):
-        D.check_first_level_below(200, table)
+        sweeps.check_first_level_below(200, table)
 
 
 def test_tile_auc_grid(detail_data):
     images, y = detail_data
-    grid = D.tile_auc_grid(DetailModel(), images, y, ["smooth", "textured"], "keep", n_boot=10)
+    grid = sweeps.tile_auc_grid(DetailModel(), images, y, ["smooth", "textured"], "keep", n_boot=10)
     assert list(grid["tile"]) == list(range(9)) and grid["auc"].between(0, 1).all()
     with pytest.raises(ValueError, match="mode"):
-        D.tile_auc_grid(DetailModel(), images, y, ["a", "b"], "rotate")
+        sweeps.tile_auc_grid(DetailModel(), images, y, ["a", "b"], "rotate")
 
 
 def test_check_high_pass_rejects_a_low_pass():
@@ -282,7 +283,111 @@ def test_check_high_pass_rejects_a_low_pass():
 def test_auc_rows_macro_only_and_binary(detail_data):
     images, y = detail_data
     proba = DetailModel().predict(images / 255)
-    rows = D.auc_rows(y, proba, ["smooth", "textured"], n_boot=10, per_class=False)
+    rows = sweeps.auc_rows(y, proba, ["smooth", "textured"], n_boot=10, per_class=False)
     assert [r["class"] for r in rows] == ["macro"] and rows[0]["auc"] == 1.0
-    binary = D.auc_rows(y, proba[:, 1], ["smooth", "textured"], n_boot=10)
+    binary = sweeps.auc_rows(y, proba[:, 1], ["smooth", "textured"], n_boot=10)
     assert [r["class"] for r in binary] == ["textured", "macro"] and binary[1]["auc"] == binary[0]["auc"]
+
+
+# --------------------------------------------------------------------------- typed transforms
+@pytest.mark.parametrize("transform, twin", [
+    (D.LowPass(25), lambda x: D.low_pass(x, 25)),
+    (D.HighPass(25), lambda x: D.high_pass(x, 25)),
+    (D.BandPass(10, 40), lambda x: D.band_pass(x, 10, 40)),
+    (D.Notch(10, 40), lambda x: D.notch(x, 10, 40)),
+    (D.Downsample(8), lambda x: D.downsample(x, 8)),
+    (D.GaussianBlur(2), lambda x: D.gaussian_blur(x, 2)),
+    (D.GaussianNoise(0.1, seed=3), lambda x: D.gaussian_noise(x, 0.1, seed=3)),
+    (D.ClipBright(0.5), lambda x: D.clip_bright(x, 0.5)),
+    (D.ClipBright(threshold=0.4), lambda x: D.clip_bright(x, threshold=0.4)),
+    (D.BlackOutTile(4), lambda x: D.black_out_tile(x, 4)),
+    (D.KeepTile(2), lambda x: D.keep_tile(x, 2)),
+    (D.KeepLungs(), lambda x: D.keep_lungs(x)),
+    (D.Identity(), lambda x: x),
+])
+def test_each_transform_calls_its_functional_twin(transform, twin):
+    x = torch.as_tensor(fake_chest(32)[0], dtype=torch.float32)[None, None]
+    assert torch.equal(transform(x), twin(x))
+
+
+def test_transforms_refuse_wrong_arguments_when_made():
+    with pytest.raises(TypeError, match="dd"):
+        D.LowPass(dd=3)                              # the type()-made classes accepted this
+    with pytest.raises(TypeError):
+        D.HighPass(50, 60, 70)
+    with pytest.raises(TypeError, match="number"):
+        D.HighPass("50")
+    for bad in (lambda: D.HighPass(-1), lambda: D.BandPass(40, 10), lambda: D.Downsample(0),
+                lambda: D.Downsample(2.5), lambda: D.GaussianBlur(-0.1), lambda: D.GaussianNoise(-1),
+                lambda: D.ClipBright(), lambda: D.ClipBright(0.5, threshold=0.5),
+                lambda: D.ClipBright(1.5), lambda: D.KeepTile(9), lambda: D.LowPass(float("nan")),
+                lambda: D.LowPass(10, reference_size=0)):
+        with pytest.raises(ValueError):
+            bad()
+    with pytest.raises(TypeError, match="list of transforms"):
+        D.Compose(D.HighPass(5))
+    with pytest.raises(TypeError, match="typed transforms"):
+        D.Compose([D.HighPass(5), lambda x: x])
+    with pytest.raises(AttributeError):
+        D.HighPass(5).d = 6                          # frozen: a made transform never changes
+
+
+def test_transform_reprs_are_stable_and_readable():
+    assert repr(D.HighPass(100)) == "HighPass(d=100)"
+    assert repr(D.HighPass(np.float64(100.0))) == repr(D.HighPass(100)) == repr(D.HighPass(100.0))
+    assert repr(D.LowPass(10, reference_size=None)) == "LowPass(d=10, reference_size=None)"
+    assert repr(D.GaussianNoise(0.1, seed=np.int64(0))) == "GaussianNoise(sigma=0.1, seed=0)"
+    assert repr(D.ClipBright(0.5)) == "ClipBright(quantile=0.5)"
+    assert repr(D.KeepTile(4, fill=1.0)) == "KeepTile(tile=4, fill=1)"
+    assert repr(D.Identity()) == "Identity()"
+    both = D.Compose([D.HighPass(50), D.GaussianBlur(2)])
+    assert repr(both) == "Compose([HighPass(d=50), GaussianBlur(sigma=2)])"
+    assert D.HighPass(50) == D.HighPass(50.0) and D.HighPass(50) != D.LowPass(50)
+    assert D.BlackOutTile(4) != D.KeepTile(4)
+
+
+def test_compose_applies_in_order_and_noise_stays_reproducible():
+    x = torch.as_tensor(fake_chest(32)[0], dtype=torch.float32)[None, None]
+    both = D.Compose([D.HighPass(50), D.GaussianBlur(2)])
+    assert torch.allclose(both(x), D.gaussian_blur(D.high_pass(x, 50), 2))
+    first, second = D.GaussianNoise(0.1, seed=1), D.GaussianNoise(0.1, seed=1)
+    drawn = first(x)
+    assert torch.equal(drawn, second(x))             # same seed, same sequence of draws
+    assert not torch.equal(first(x), drawn)          # each call draws fresh noise
+
+
+def test_moved_sweep_names_still_import_from_degrade_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="moved to cxrlab.toolbox.sweeps.sweep_at_test_time"):
+        assert D.sweep_at_test_time is sweeps.sweep_at_test_time
+    with pytest.warns(DeprecationWarning, match="sweeps.sweep_table"):
+        assert D._sweep_table is sweeps.sweep_table
+    with pytest.warns(DeprecationWarning, match="as_float_tensor"):
+        assert D._as_float_tensor is D.as_float_tensor
+    for name in D.MOVED_TO_SWEEPS - {"_sweep_table"}:
+        assert hasattr(sweeps, name), name
+    with pytest.raises(AttributeError):
+        D.no_such_name
+
+
+def test_lung_masks_for_reads_the_manifest_masks_or_estimates_them(tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from PIL import Image
+
+    img, truth = fake_chest(32)
+    images = np.stack([(img * 255).astype(np.uint8)] * 3)
+    for i in range(3):
+        Image.fromarray((np.roll(truth, i, axis=1) * 255).astype(np.uint8)).resize((64, 64)).save(
+            tmp_path / f"m{i}.png")
+    with_masks = pd.DataFrame({"mask_path": [f"m{i}.png" for i in range(3)]})
+    session = SimpleNamespace(manifest=with_masks, images=images, data_dir=tmp_path,
+                              preset=SimpleNamespace(image_size=32))
+    masks, source = D.lung_masks_for(session, [2, 0])
+    assert "true lung masks" in source and masks.shape == (2, 32, 32) and masks.dtype == bool
+    np.testing.assert_array_equal(masks[1], truth)
+    np.testing.assert_array_equal(masks[0], np.roll(truth, 2, axis=1))
+    session.manifest = with_masks.assign(mask_path=["m0.png", None, "m2.png"])   # one missing: estimate all
+    masks, source = D.lung_masks_for(session, np.array([0, 1]))
+    assert "Otsu" in source and masks.shape == (2, 32, 32)
+    np.testing.assert_array_equal(masks[0], D.lung_mask_otsu(images[0]))

@@ -57,8 +57,9 @@ def test_the_real_chapters_are_planned():
 
 @pytest.mark.slow
 def test_prebuild_trains_once_and_the_chapter_finds_the_models(tmp_path, monkeypatch, capsys):
-    from cxrlab import degrade, store
-    from cxrlab.session import setup
+    from cxrlab.core import store
+    from cxrlab.core.session import setup
+    from cxrlab.toolbox import sweeps
 
     monkeypatch.setitem(presets.PRESETS, "tiny", TINY)
     chapters = tmp_path / "chapters"
@@ -74,7 +75,7 @@ def test_prebuild_trains_once_and_the_chapter_finds_the_models(tmp_path, monkeyp
 
     monkeypatch.setattr(store, "_train", no_training)
     session = setup("synthetic", "tiny", progress=False)
-    assert degrade.degraded_model(session, "high_pass", 100, progress=False).variant == "high_pass-100"
+    assert sweeps.degraded_model(session, "high_pass", 100, progress=False).variant == "high_pass-100"
     assert store.get_model(setup("synthetic", "tiny", group_signal=0.0, progress=False), "race",
                            progress=False).target == "race"
 

@@ -54,6 +54,33 @@ def test_keys_separate_targets_variants_and_filters(session):
     assert model_key(session, "race", train_filter=mask) != base
 
 
+def test_keys_separate_training_transforms_whatever_the_variant(session):
+    from cxrlab.core.store import model_key
+    from cxrlab.toolbox.degrade import Compose, GaussianNoise, HighPass, LowPass
+
+    transforms = [HighPass(50), HighPass(100), LowPass(50),
+                  Compose([HighPass(50), GaussianNoise(0.1, seed=0)])]
+    keys = [model_key(session, "race", "degraded", train_transform=t) for t in transforms]
+    assert len(set(keys)) == len(transforms)
+    assert model_key(session, "race", "degraded") not in keys
+    assert keys[0] == model_key(session, "race", "degraded", train_transform=HighPass(50.0))
+    with pytest.raises(ValueError, match="stable repr"):
+        model_key(session, "race", train_transform=lambda x: x)
+
+
+def test_two_transforms_with_one_variant_name_get_two_models(session, capsys):
+    from cxrlab.core.store import get_model
+    from cxrlab.toolbox.degrade import HighPass, LowPass
+
+    high = get_model(session, "race", variant="filtered", train_transform=HighPass(50), progress=False)
+    low = get_model(session, "race", variant="filtered", train_transform=LowPass(10), progress=False)
+    assert capsys.readouterr().out.count("training race model") == 2    # not loaded from high's entry
+    assert high.key != low.key and high.path.exists() and low.path.exists()
+    again = get_model(session, "race", variant="filtered", train_transform=LowPass(10), progress=False)
+    assert "loaded from cache" in capsys.readouterr().out and again.key == low.key
+    np.testing.assert_allclose(again.test_proba, low.test_proba, atol=1e-6)
+
+
 def test_patient_subset_filter_keeps_validation_and_whole_training_patients(session):
     from cxrlab.core.store import model_key, patient_subset_filter
 
@@ -122,14 +149,14 @@ def test_degraded_models_train_on_half_the_training_patients(session, capsys):
     import re
 
     from cxrlab.core.store import get_model
-    from cxrlab.toolbox import degrade
+    from cxrlab.toolbox import sweeps
 
     def images_trained() -> int:
         return int(re.search(r"training race model \(smallcnn, (\d+) images", capsys.readouterr().out)[1])
 
     get_model(session, "race", progress=False)
     everything = images_trained()
-    degraded = degrade.degraded_model(session, "high_pass", 100, progress=False)
+    degraded = sweeps.degraded_model(session, "high_pass", 100, progress=False)
     assert 0 < images_trained() < everything and "-filter" in degraded.key
-    assert degrade.degraded_model(session, "high_pass", 100, progress=False,
-                                  train_fraction=1.0).key.endswith("high_pass-100")
+    everyone = sweeps.degraded_model(session, "high_pass", 100, progress=False, train_fraction=1.0)
+    assert "-filter" not in everyone.key and "high_pass-100-transform" in everyone.key

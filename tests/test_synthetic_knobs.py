@@ -112,11 +112,11 @@ def _spectrum_features(imgs):
 
 
 def _degradation(name, level):
-    from cxrlab.toolbox import degrade
+    from cxrlab.toolbox import degrade, sweeps
 
     if name == "black_out_tile":
         return degrade.BlackOutTile(int(level))
-    return degrade.make_degradation(name, level)
+    return sweeps.make_degradation(name, level)
 
 
 @pytest.mark.parametrize("renderer", RENDERERS)
@@ -131,7 +131,7 @@ def test_default_group_signal_survives_degradation(cohorts, renderer, name, leve
     """The issue's calibration target, as a property of the data: after each degradation the
     group is still in the pixels of the texture-only cohort (a linear model finds it), and
     with every route off the same degradation finds nothing."""
-    from cxrlab.toolbox.degrade import degrade_images
+    from cxrlab.toolbox.sweeps import degrade_images
 
     aucs = {}
     for role, cohort in zip(("signal", "off"), RENDERERS[renderer]):

@@ -44,7 +44,8 @@ import torch
 from torch import nn
 
 from cxrlab.core import metrics
-from data_fetch import download as dl
+import data_fetch.download
+from data_fetch.download import ChecksumError, DownloadError, file_digest
 from data_fetch.paths import data_root
 
 RELEASE = "https://github.com/mlmed/torchxrayvision/releases/download/v1"
@@ -153,14 +154,14 @@ def fetch_weights(key: str, url: str | None = None, progress: bool = True) -> Pa
     spec, dest = _spec(key), weights_path(key)
     expected = expected_sha256(key)
     try:
-        dl.download(url or spec.url, dest, sha256=expected, progress=progress, retries=2,
-                    backoff=0.5, desc=spec.filename)
-    except dl.ChecksumError:
+        data_fetch.download.download(url or spec.url, dest, sha256=expected, progress=progress,
+                                     retries=2, backoff=0.5, desc=spec.filename)
+    except ChecksumError:
         raise
-    except (dl.DownloadError, OSError) as err:
+    except (DownloadError, OSError) as err:
         raise WeightsUnavailable(f"{offline_message(key)} ({type(err).__name__})") from None
     if expected is None:
-        digest = dl.file_digest(dest, "sha256")
+        digest = file_digest(dest, "sha256")
         _record_pin(spec.filename, digest)
         print(f"first download of {spec.filename}: SHA-256 {digest} recorded in "
               f"{weights_dir() / PIN_FILE}; later loads are checked against it")
@@ -174,15 +175,15 @@ def verified_weights(key: str, download: bool = True, progress: bool = True) -> 
         if not download:
             raise WeightsUnavailable(offline_message(key))
         return fetch_weights(key, progress=progress)
-    digest = dl.file_digest(path, "sha256")
+    digest = file_digest(path, "sha256")
     expected = expected_sha256(key)
     if expected is None:
         _record_pin(path.name, digest)
         print(f"{path.name} was placed by hand: SHA-256 {digest} recorded in "
               f"{weights_dir() / PIN_FILE}")
     elif digest != expected:
-        raise dl.ChecksumError(f"SHA-256 of {path} is {digest}, expected {expected}: the file is "
-                               "corrupt or not the published one; delete it and load again")
+        raise ChecksumError(f"SHA-256 of {path} is {digest}, expected {expected}: the file is "
+                            "corrupt or not the published one; delete it and load again")
     return path
 
 
@@ -348,7 +349,7 @@ class Published:
 @dataclass
 class ClassSubset:
     """A published model that reports only some of its output columns (e.g. the classes with
-    enough patients), for :func:`cxrlab.toolbox.degrade.sweep_at_test_time`."""
+    enough patients), for :func:`cxrlab.toolbox.sweeps.sweep_at_test_time`."""
 
     model: Published
     columns: list[int]
@@ -442,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown model {key!r}; choose from {', '.join(MODELS)}")
         try:
             path = verified_weights(key) if args.action == "fetch" else weights_path(key)
-        except (WeightsUnavailable, dl.ChecksumError) as err:
+        except (WeightsUnavailable, ChecksumError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"{key}: {path}")

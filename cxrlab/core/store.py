@@ -4,7 +4,9 @@ Every chapter can start cold: :func:`get_model` loads the model from
 ``S.data_dir/models/<key>.pt`` if an earlier chapter (or Binder's postBuild) trained it, and
 otherwise trains it on the train split (early stopping on the val split) and evaluates it on the
 test split. The key is (source, dataset, preset, target, variant, seed), plus a short hash of
-``train_filter`` when one is given.
+``train_filter`` and one of the ``train_transform``'s ``repr`` when they are given: two models
+trained on different images or through different transforms never share an entry, whatever
+their ``variant`` says.
 
 >>> tm = get_model(S, "race")                  # doctest: +SKIP
 loaded from cache: synthetic-synth-demo-seed0-race-clean
@@ -84,13 +86,41 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
+def transform_fingerprint(transform: Callable | None) -> str | None:
+    """The text of a training transform that goes into the store key: its ``repr``.
+
+    The typed transforms of :mod:`cxrlab.toolbox.degrade` (``HighPass(d=50)``, ``Compose([...])``)
+    have a stable, readable one. A callable whose ``repr`` holds a memory address (a lambda, a
+    plain function's object) would give a new key every session, so it is refused.
+
+    >>> transform_fingerprint(None) is None
+    True
+    """
+    if transform is None:
+        return None
+    text = repr(transform)
+    if re.search(r" at 0x[0-9a-fA-F]+", text):
+        raise ValueError(f"train_transform {text} has no stable repr (it names a memory address), "
+                         "so the store could not tell it from another transform: use a typed "
+                         "transform of cxrlab.toolbox.degrade (e.g. HighPass(50), or Compose([...]))")
+    return text
+
+
 def model_key(session, target: str, variant: str = "clean",
-              train_filter: np.ndarray | None = None) -> str:
-    """``source-dataset-preset-seedN-target-variant[-filter<hash>]``."""
+              train_filter: np.ndarray | None = None,
+              train_transform: Callable | None = None) -> str:
+    """``source-dataset-preset-seedN-target-variant[-filter<hash>][-transform<hash>]``.
+
+    The transform part is a short hash of :func:`transform_fingerprint`, so ``variant`` names a
+    model for people while the key alone decides which stored model is the right one.
+    """
     key = f"{session.results_key}-{target}-{variant}"
     if train_filter is not None:
         digest = hashlib.sha1(np.packbits(np.asarray(train_filter, bool)).tobytes()).hexdigest()
         key += f"-filter{digest[:8]}"
+    fingerprint = transform_fingerprint(train_transform)
+    if fingerprint is not None:
+        key += f"-transform{hashlib.sha1(fingerprint.encode()).hexdigest()[:8]}"
     return _slug(key)
 
 
@@ -208,8 +238,9 @@ def get_model(
             ``finding_*`` (binary), ``age`` (regression), ``findings`` (multilabel).
         variant: a name for how it was trained (``clean``, ``lowpass10``, ...); part of the key.
         train_transform: applied to every float image at train, validation AND test time
-            (chapter 4 trains and tests on degraded images, as Gichoya et al. 2022 did). Give
-            each transform its own ``variant`` name: transforms are not part of the key.
+            (chapter 4 trains and tests on degraded images, as Gichoya et al. 2022 did). Its
+            ``repr`` is part of the key (:func:`model_key`), so use a typed transform of
+            :mod:`cxrlab.toolbox.degrade`; ``variant`` is only a readable name.
         task: override the default task of the target.
         train_filter: boolean mask over manifest rows restricting train and val images (e.g.
             no-finding only); the test split is never filtered.
@@ -220,7 +251,7 @@ def get_model(
         raise ValueError(f"train_filter has {len(train_filter)} entries, the manifest "
                          f"{len(session.manifest)} rows")
     classes = session.class_names(target)
-    key = model_key(session, target, variant, train_filter)
+    key = model_key(session, target, variant, train_filter, train_transform)
     path = session.model_dir / f"{key}.pt"
     saved = None
     if path.exists() and not force:

@@ -112,10 +112,10 @@ def prebuild(preset: str = "demo", seed: int = 0, chapters: Path = CHAPTERS,
              progress: bool = True) -> dict[str, float]:
     """Prepare every cohort and model of :func:`planned_models`, :func:`planned_debiasing`
     and :func:`planned_cohorts`; return seconds per step."""
-    from cxrlab.degrade import degraded_model
-    from cxrlab.presets import get_preset
-    from cxrlab.session import setup
-    from cxrlab.store import get_model
+    from cxrlab.core.presets import get_preset
+    from cxrlab.core.session import setup
+    from cxrlab.core.store import get_model
+    from cxrlab.toolbox.sweeps import degraded_model
 
     timings: dict[str, float] = {}
     sessions: dict[tuple, Any] = {}

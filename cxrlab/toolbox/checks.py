@@ -200,10 +200,13 @@ def require_answer(*names: str) -> None:
 
 
 @contextlib.contextmanager
-def library_blocked(*functions: Callable, namespace: dict | None = None) -> Iterator[None]:
+def library_blocked(*functions: Callable, namespace: dict | None = None,
+                    task: str | None = None) -> Iterator[None]:
     """Within the block, the library ``functions`` an exercise re-implements raise
-    :class:`CheckFailed` when called, through their module or through a name bound to them in
-    ``namespace`` (the notebook's ``globals()``): hidden tests run the learner's code in it.
+    :class:`CheckFailed` when called: through their own module, through any ``cxrlab`` module
+    that re-exports them, and through a name bound to them in ``namespace`` (the notebook's
+    ``globals()``). Hidden tests run the learner's code inside it. ``task`` names what the
+    learner is asked to write, for the message.
 
     >>> from cxrlab import metrics
     >>> with library_blocked(metrics.macro_auc):
@@ -211,25 +214,42 @@ def library_blocked(*functions: Callable, namespace: dict | None = None) -> Iter
     Traceback (most recent call last):
     ...
     cxrlab.toolbox.checks.CheckFailed: your answer calls cxrlab.core.metrics.macro_auc: this exercise asks you to compute it yourself
+    >>> with library_blocked(metrics.macro_auc, task="the macro AUC"):
+    ...     metrics.macro_auc([0, 1], np.array([0.1, 0.9]))
+    Traceback (most recent call last):
+    ...
+    cxrlab.toolbox.checks.CheckFailed: your answer calls cxrlab.core.metrics.macro_auc: write the macro AUC yourself
     """
     saved: list[tuple[object, str, object]] = []
 
     def blocker_for(function: Callable) -> Callable:
+        what = f"{function.__module__}.{function.__name__}"
+        advice = f"write {task} yourself" if task else "this exercise asks you to compute it yourself"
+
         def blocked(*_args, **_kwargs):
-            raise CheckFailed(f"your answer calls {function.__module__}.{function.__name__}: "
-                              "this exercise asks you to compute it yourself")
+            raise CheckFailed(f"your answer calls {what}: {advice}")
         return blocked
+
+    def replace_in(target: Any, items: list[tuple[str, object]], function: Callable,
+                   blocker: Callable) -> None:
+        for name, value in items:
+            if value is function:
+                saved.append((target, name, value))
+                if isinstance(target, dict):
+                    target[name] = blocker
+                else:
+                    setattr(target, name, blocker)
 
     try:
         for function in functions:
             blocker = blocker_for(function)
-            module = sys.modules[function.__module__]
-            saved.append((module, function.__name__, function))
-            setattr(module, function.__name__, blocker)
-            for name, value in list((namespace or {}).items()):
-                if value is function:
-                    saved.append((namespace, name, value))
-                    namespace[name] = blocker
+            homes = {id(m): m for m in [sys.modules[function.__module__],
+                                        *(m for n, m in list(sys.modules.items())
+                                          if n.startswith("cxrlab.") and m is not None)]}
+            for module in homes.values():
+                replace_in(module, list(vars(module).items()), function, blocker)
+            if namespace is not None:
+                replace_in(namespace, list(namespace.items()), function, blocker)
         yield
     finally:
         for target, name, value in reversed(saved):
@@ -450,10 +470,11 @@ def _code_names(code: types.CodeType) -> set[str]:
     return names
 
 
-def forbid_library(fn: Callable[..., Any], module: types.ModuleType, names: Sequence[str],
+def forbid_library(fn: Callable[..., Any], functions: Sequence[Callable[..., Any]],
                    task: str) -> None:
-    """:class:`CheckFailed` if the learner's function ``fn`` refers to ``module.<name>`` for any
-    of ``names`` (by attribute, or through a global alias such as ``from module import name``).
+    """:class:`CheckFailed` if the learner's function ``fn`` refers to any of the library
+    ``functions`` (by attribute name, or through a global alias such as ``from module import
+    name``).
 
     The exercise asks learners to write ``task`` themselves; the library's version is what the
     hidden tests compare against, so calling it would pass without learning anything.
@@ -462,7 +483,8 @@ def forbid_library(fn: Callable[..., Any], module: types.ModuleType, names: Sequ
     code = getattr(fn, "__code__", None)
     if code is None:
         return
-    targets = {id(getattr(module, n)): n for n in names if hasattr(module, n)}
+    by_name = {f.__name__: f for f in functions}
+    targets = {id(f): f.__name__ for f in functions}
     used = _code_names(code)
     seen = dict(getattr(fn, "__globals__", {}))
     for var, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
@@ -470,28 +492,11 @@ def forbid_library(fn: Callable[..., Any], module: types.ModuleType, names: Sequ
             seen[var] = cell.cell_contents
     aliases = [targets[id(seen[n])] for n in (used | set(code.co_freevars))
                if n in seen and id(seen[n]) in targets]
-    found = sorted((set(names) & used) | set(aliases))
+    found = sorted((set(by_name) & used) | set(aliases))
     if found:
-        raise CheckFailed(f"write {task} yourself: your function uses {module.__name__}."
+        home = by_name[found[0]].__module__
+        raise CheckFailed(f"write {task} yourself: your function uses {home}."
                           f"{found[0]}, the library version the grader compares against")
-
-
-@contextlib.contextmanager
-def library_hidden(module: types.ModuleType, names: Sequence[str], task: str) -> Iterator[None]:
-    """Inside the block, ``module.<name>`` raises :class:`CheckFailed` ("write it yourself");
-    restored afterwards. Hidden tests call the learner's function inside it."""
-    saved = {n: getattr(module, n) for n in names if hasattr(module, n)}
-
-    def blocked(*_args: Any, **_kwargs: Any) -> Any:
-        raise CheckFailed(f"write {task} yourself instead of calling {module.__name__}'s version")
-
-    try:
-        for n in saved:
-            setattr(module, n, blocked)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(module, n, f)
 
 
 def call_answer(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -2,9 +2,11 @@
 
 Gichoya et al. 2022 (Lancet Digital Health 4:e406) filtered, shrank, blurred, clipped and cut
 up chest X-rays and found that race recognition survives long after a radiologist sees nothing.
-This module provides those degradations as small functions and as torchvision-style callable
-transforms (plug them into ``CXRDataset(..., transform=...)`` or ``train.predict(...,
-transform=...)``).
+This module provides those degradations as small functions and as typed, torchvision-style
+callable transforms (``HighPass(d)``, ``GaussianBlur(sigma)``, ..., chained with ``Compose``;
+plug them into ``CXRDataset(..., transform=...)`` or ``train.predict(..., transform=...)``).
+The experiments built on them (severity sweeps, models trained on degraded images, tile grids)
+live in :mod:`cxrlab.toolbox.sweeps`.
 
 Inputs. Every function takes a numpy array or a torch tensor whose last two axes are the image:
 ``(H, W)``, ``(1, H, W)`` or ``(N, 1, H, W)``. It returns the same type, shape, dtype and (for
@@ -28,21 +30,26 @@ agree: sigma pixels at 224 px are ``sigma * size / 224`` pixels at ``size``.
 True
 >>> HighPass(100)
 HighPass(d=100)
+>>> HighPass(dd=3)
+Traceback (most recent call last):
+...
+TypeError: HighPass.__init__() got an unexpected keyword argument 'dd'
 """
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrlab.toolbox.checks import passed, require
-from cxrlab.core.train import release_unused_memory
+from cxrlab.toolbox.checks import call_answer, forbid_library, passed, require
 
 REFERENCE_SIZE = 224
 GRID = 3
@@ -51,7 +58,7 @@ Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
 # --------------------------------------------------------------------------- input handling
-def _as_float_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+def as_float_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``x`` as a float tensor (float64 stays float64), uint8 scaled to [0, 1]."""
     if x.ndim < 2:
         raise ValueError(f"expected an image with at least 2 dimensions (H, W), got shape {tuple(x.shape)}")
@@ -140,7 +147,7 @@ def _cached_mask(h: int, w: int, kind: str, d: float, d_high: float | None,
 
 def apply_fft_mask(x: Array, mask: torch.Tensor) -> Array:
     """Keep only the Fourier coefficients where ``mask`` is True (unshifted layout)."""
-    t = _as_float_tensor(x)
+    t = as_float_tensor(x)
     if tuple(mask.shape) != tuple(t.shape[-2:]):
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match image shape {tuple(t.shape[-2:])}")
     spectrum = torch.fft.fft2(t)
@@ -189,7 +196,7 @@ def log_spectrum(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
     For a batch, the first image is used. This is what the chapter's figures and widget show.
     """
-    t = _as_float_tensor(x).detach().cpu().to(torch.float64)
+    t = as_float_tensor(x).detach().cpu().to(torch.float64)
     t = t.reshape(-1, *t.shape[-2:])[0]
     return torch.log1p(torch.fft.fftshift(torch.fft.fft2(t)).abs()).numpy()
 
@@ -199,7 +206,7 @@ def spectral_energy(x: np.ndarray | torch.Tensor) -> float:
 
     By Parseval's theorem this equals ``sum x**2`` (a check the tests make).
     """
-    t = _as_float_tensor(x).to(torch.float64)
+    t = as_float_tensor(x).to(torch.float64)
     h, w = t.shape[-2:]
     return float((torch.fft.fft2(t).abs() ** 2).sum() / (h * w))
 
@@ -215,7 +222,7 @@ def downsample(x: Array, k: int) -> Array:
     """
     if k < 1:
         raise ValueError(f"downsample size k must be a positive number of pixels, got {k}")
-    t = _as_float_tensor(x)
+    t = as_float_tensor(x)
     h, w = t.shape[-2:]
     if k >= max(h, w):
         return _restore(t.clone(), x)
@@ -234,7 +241,7 @@ def gaussian_noise(x: Array, sigma: float, seed: int | None = None, clip: bool =
     """
     if sigma < 0:
         raise ValueError(f"noise sigma must be >= 0, got {sigma}")
-    t = _as_float_tensor(x)
+    t = as_float_tensor(x)
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
@@ -258,7 +265,7 @@ def gaussian_blur(x: Array, sigma: float, reference_size: int | None = REFERENCE
     """
     if sigma < 0:
         raise ValueError(f"blur sigma must be >= 0, got {sigma}")
-    t = _as_float_tensor(x)
+    t = as_float_tensor(x)
     h, w = t.shape[-2:]
     sigma_px = scaled_length(sigma, min(h, w), reference_size)
     if sigma_px < 1e-6:
@@ -285,7 +292,7 @@ def clip_bright(x: Array, quantile: float | None = None, threshold: float | None
     """
     if (quantile is None) == (threshold is None):
         raise ValueError("give exactly one of quantile= or threshold=")
-    t = _as_float_tensor(x)
+    t = as_float_tensor(x)
     if threshold is not None:
         return _restore(t.clamp(max=float(threshold)), x)
     if not 0.0 <= quantile <= 1.0:
@@ -332,7 +339,7 @@ def keep_region(x: Array, mask: np.ndarray | torch.Tensor, fill: float = 0.0) ->
     """
     t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
     if t.dtype != torch.uint8:
-        t = _as_float_tensor(t)                   # checks the shape and the dtype
+        t = as_float_tensor(t)                   # checks the shape and the dtype
     m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).to(t.device).bool()
     if tuple(m.shape[-2:]) != tuple(t.shape[-2:]):
         raise ValueError(f"mask shape {tuple(m.shape)} does not match image shape {tuple(t.shape)}")
@@ -382,7 +389,7 @@ def lung_mask_otsu(image: np.ndarray | torch.Tensor, n_components: int = 2, dila
     """
     from scipy import ndimage
 
-    t = _as_float_tensor(image if not isinstance(image, torch.Tensor) else image.detach().cpu())
+    t = as_float_tensor(image if not isinstance(image, torch.Tensor) else image.detach().cpu())
     img = t.reshape(-1, *t.shape[-2:])[0].double().numpy()
     img = ndimage.gaussian_filter(img, sigma=max(0.5, img.shape[0] / 128))
     dark = img < otsu_threshold(img)
@@ -401,7 +408,7 @@ def keep_lungs(x: Array, masks: np.ndarray | torch.Tensor | None = None, fill: f
     """Keep only the lung fields. Uses ``masks`` if given (the synthetic cohort's true masks),
     otherwise estimates one mask per image with :func:`lung_mask_otsu`."""
     if masks is None:
-        t = _as_float_tensor(x)
+        t = as_float_tensor(x)
         flat = t.reshape(-1, *t.shape[-2:]).detach().cpu()
         masks = np.stack([lung_mask_otsu(img) for img in flat]).reshape(tuple(t.shape))
     return keep_region(x, masks, fill)
@@ -418,315 +425,315 @@ def load_masks(paths: Sequence[str], size: int) -> np.ndarray:
     return out
 
 
-# --------------------------------------------------------------------------- transforms
-class Degradation:
-    """Base class: a callable transform with a readable ``repr`` (torchvision style)."""
 
-    fn: Callable[..., Any]
-    params: dict[str, Any]
+def lung_masks_for(session: Any, index: Sequence[int] | np.ndarray) -> tuple[np.ndarray, str]:
+    """Lung masks for the manifest rows ``index`` (positions, e.g. ``tm.test_index``) of a
+    session, and a phrase saying where they come from.
+
+    The synthetic cohort ships its true lung masks (the manifest's ``mask_path``, relative to
+    ``session.data_dir``): when every row has one, those are read at the preset's image size.
+    Otherwise (real sources have no masks) each image gets an Otsu-threshold estimate
+    (:func:`lung_mask_otsu`). Returns boolean masks ``(len(index), H, W)``.
+
+    >>> masks, source = lung_masks_for(S, tm.test_index)   # doctest: +SKIP
+    >>> source                                             # doctest: +SKIP
+    "the synthetic cohort's true lung masks"
+    """
+    index = np.asarray(index, dtype=np.int64)
+    rows = session.manifest.iloc[index]
+    if "mask_path" in rows.columns and rows["mask_path"].notna().all():
+        masks = load_masks([Path(session.data_dir) / p for p in rows["mask_path"]],
+                           session.preset.image_size)
+        return masks, "the synthetic cohort's true lung masks"
+    images = session.images
+    masks = np.stack([lung_mask_otsu(images[i]) for i in index]) if len(index) else \
+        np.zeros((0, *images.shape[-2:]), dtype=bool)
+    return masks, "Otsu-threshold estimates (degrade.lung_mask_otsu)"
+
+
+# --------------------------------------------------------------------------- transforms
+def _real(name: str, value: Any, minimum: float | None = 0.0, maximum: float | None = None) -> int | float:
+    """``value`` as a plain int (when whole) or float, checked against the bounds; a stable
+    ``repr`` whatever numeric type came in (``np.float64(50.0)`` -> ``50``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g}, got {value}")
+    return int(number) if number.is_integer() else number
+
+
+def _reference(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"reference_size must be a positive number of pixels or None, got {value!r}")
+    return int(value)
+
+
+def _tile(value: Any, grid: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"tile must be an int (0..{grid * grid - 1}, row-major), not {value!r}")
+    if not 0 <= int(value) < grid * grid:
+        raise ValueError(f"tile {value} is outside a {grid}x{grid} grid (0..{grid * grid - 1})")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """Base class of the typed transforms: frozen dataclasses, checked when made, callable on an
+    image like their functional twin (``HighPass(25)(x) == high_pass(x, 25)``).
+
+    Their ``repr`` lists the arguments that differ from the defaults, in a stable form
+    (``HighPass(d=25)``); the model store puts it in a trained model's key, so two different
+    training transforms never share a stored model.
+    """
 
     def __call__(self, x: Array) -> Array:
-        return type(self).fn(x, **self.params)
+        raise NotImplementedError(f"{type(self).__name__} does not define __call__")
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"{type(self).__name__}({args})"
+        args = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                if f.repr and (f.default is MISSING or getattr(self, f.name) != f.default)]
+        return f"{type(self).__name__}({', '.join(args)})"
 
 
-def _transform(name: str, fn: Callable[..., Any], arg_names: Sequence[str], doc: str) -> type:
-    def __init__(self: Degradation, *args: Any, **kwargs: Any) -> None:
-        if len(args) > len(arg_names):
-            raise TypeError(f"{name} takes at most {len(arg_names)} positional arguments")
-        self.params = dict(zip(arg_names, args)) | kwargs
-
-    return type(name, (Degradation,), {"__init__": __init__, "fn": staticmethod(fn), "__doc__": doc})
-
-
-LowPass = _transform("LowPass", low_pass, ["d"], "Transform form of :func:`low_pass`.")
-HighPass = _transform("HighPass", high_pass, ["d"], "Transform form of :func:`high_pass`.")
-BandPass = _transform("BandPass", band_pass, ["d_low", "d_high"], "Transform form of :func:`band_pass`.")
-Notch = _transform("Notch", notch, ["d_low", "d_high"], "Transform form of :func:`notch`.")
-Downsample = _transform("Downsample", downsample, ["k"], "Transform form of :func:`downsample`.")
-GaussianBlur = _transform("GaussianBlur", gaussian_blur, ["sigma"], "Transform form of :func:`gaussian_blur`.")
-ClipBright = _transform("ClipBright", clip_bright, ["quantile"], "Transform form of :func:`clip_bright`.")
-BlackOutTile = _transform("BlackOutTile", black_out_tile, ["tile"], "Transform form of :func:`black_out_tile`.")
-KeepTile = _transform("KeepTile", keep_tile, ["tile"], "Transform form of :func:`keep_tile`.")
-KeepLungs = _transform("KeepLungs", keep_lungs, [], "Transform form of :func:`keep_lungs` (Otsu masks).")
-
-
-class GaussianNoise(Degradation):
-    """Transform form of :func:`gaussian_noise`. With a ``seed``, the sequence of noise draws is
-    reproducible (each call draws fresh noise from one generator)."""
-
-    def __init__(self, sigma: float, seed: int | None = None, clip: bool = True) -> None:
-        self.params = {"sigma": sigma, "seed": seed, "clip": clip}
-        self._generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-
-    def __call__(self, x: Array) -> Array:
-        return gaussian_noise(x, self.params["sigma"], clip=self.params["clip"], generator=self._generator)
-
-
+@dataclass(frozen=True, repr=False)
 class Identity(Degradation):
     """No degradation (severity 0 of every sweep)."""
-
-    params: dict[str, Any] = {}
 
     def __call__(self, x: Array) -> Array:
         return x
 
 
-# --------------------------------------------------------------------------- sweeps
-@dataclass(frozen=True)
-class SweepSpec:
-    """How one degradation is swept: its parameter, levels (mildest first) and factory."""
+@dataclass(frozen=True, repr=False)
+class LowPass(Degradation):
+    """Transform form of :func:`low_pass`: keep Fourier radius <= ``d`` (224-px grid)."""
 
-    name: str
-    label: str
-    param: str
-    unit: str
-    levels: tuple[float, ...]
-    make: Callable[[float], Degradation] = field(repr=False)
-    integer: bool = False
-    anchor: str | None = None  # key in cxrlab.core.anchors.DEGRADATION_CURVES, if the paper has a curve
+    d: float
+    reference_size: int | None = REFERENCE_SIZE
 
-    @property
-    def bounds(self) -> tuple[float, float]:
-        """(min, max) of the levels, e.g. for a slider."""
-        return min(self.levels), max(self.levels)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "d", _real("d", self.d))
+        object.__setattr__(self, "reference_size", _reference(self.reference_size))
+
+    def __call__(self, x: Array) -> Array:
+        return low_pass(x, self.d, self.reference_size)
 
 
-PAPER_RADII = (1, 5, 10, 25, 50, 100, 125, 150, 200)
+@dataclass(frozen=True, repr=False)
+class HighPass(Degradation):
+    """Transform form of :func:`high_pass`: remove Fourier radius <= ``d`` (224-px grid)."""
 
-SEVERITY_SWEEPS: dict[str, SweepSpec] = {
-    s.name: s for s in [
-        SweepSpec("low_pass", "low-pass filter (keep radius <= d)", "d", "px on the 224 grid",
-                  tuple(reversed(PAPER_RADII)), LowPass, anchor="low_pass"),
-        SweepSpec("high_pass", "high-pass filter (remove radius <= d)", "d", "px on the 224 grid",
-                  PAPER_RADII, HighPass, anchor="high_pass"),
-        SweepSpec("downsample", "downsample to k px and back", "k", "px", (64, 32, 16, 8, 4),
-                  lambda k: Downsample(int(k)), integer=True),
-        SweepSpec("noise", "Gaussian noise", "sigma", "intensity (image in [0, 1])",
-                  (0.0, 0.05, 0.1, 0.2, 0.4), lambda s: GaussianNoise(s, seed=0)),
-        SweepSpec("blur", "Gaussian blur", "sigma", "px on the 224 grid", (0.0, 1.0, 2.0, 4.0, 8.0),
-                  GaussianBlur),
-        SweepSpec("clip_bright", "clip bright pixels above a quantile", "quantile", "per-image quantile",
-                  (1.0, 0.9, 0.75, 0.5, 0.25), ClipBright),
-    ]
-}
-"""Each degradation's sweep, levels ordered from mildest to most severe. The radii are the ones
-the paper plotted (Gichoya et al. 2022, public code); the noise sigma 0.1 and blur sigma 2 px
-are its test-time corruptions."""
+    d: float
+    reference_size: int | None = REFERENCE_SIZE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "d", _real("d", self.d))
+        object.__setattr__(self, "reference_size", _reference(self.reference_size))
+
+    def __call__(self, x: Array) -> Array:
+        return high_pass(x, self.d, self.reference_size)
 
 
-def make_degradation(name: str, level: float) -> Degradation:
-    """The transform for ``SEVERITY_SWEEPS[name]`` at ``level``.
+@dataclass(frozen=True, repr=False)
+class BandPass(Degradation):
+    """Transform form of :func:`band_pass`: keep ``d_low < radius <= d_high``."""
 
-    >>> make_degradation("high_pass", 50)
-    HighPass(d=50)
+    d_low: float
+    d_high: float
+    reference_size: int | None = REFERENCE_SIZE
+
+    def __post_init__(self) -> None:
+        low = _real("d_low", self.d_low)
+        object.__setattr__(self, "d_low", low)
+        object.__setattr__(self, "d_high", _real("d_high", self.d_high, minimum=low))
+        object.__setattr__(self, "reference_size", _reference(self.reference_size))
+
+    def __call__(self, x: Array) -> Array:
+        return band_pass(x, self.d_low, self.d_high, self.reference_size)
+
+
+@dataclass(frozen=True, repr=False)
+class Notch(Degradation):
+    """Transform form of :func:`notch`: remove ``d_low < radius <= d_high``, keep the rest."""
+
+    d_low: float
+    d_high: float
+    reference_size: int | None = REFERENCE_SIZE
+
+    def __post_init__(self) -> None:
+        low = _real("d_low", self.d_low)
+        object.__setattr__(self, "d_low", low)
+        object.__setattr__(self, "d_high", _real("d_high", self.d_high, minimum=low))
+        object.__setattr__(self, "reference_size", _reference(self.reference_size))
+
+    def __call__(self, x: Array) -> Array:
+        return notch(x, self.d_low, self.d_high, self.reference_size)
+
+
+@dataclass(frozen=True, repr=False)
+class Downsample(Degradation):
+    """Transform form of :func:`downsample`: shrink to ``k`` x ``k`` pixels and back."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        k = _real("k", self.k, minimum=1)
+        if not isinstance(k, int):
+            raise ValueError(f"k must be a whole number of pixels, got {self.k}")
+        object.__setattr__(self, "k", k)
+
+    def __call__(self, x: Array) -> Array:
+        return downsample(x, self.k)
+
+
+@dataclass(frozen=True, repr=False)
+class GaussianBlur(Degradation):
+    """Transform form of :func:`gaussian_blur`: ``sigma`` pixels on the 224-px grid."""
+
+    sigma: float
+    reference_size: int | None = REFERENCE_SIZE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", _real("sigma", self.sigma))
+        object.__setattr__(self, "reference_size", _reference(self.reference_size))
+
+    def __call__(self, x: Array) -> Array:
+        return gaussian_blur(x, self.sigma, self.reference_size)
+
+
+@dataclass(frozen=True, repr=False)
+class GaussianNoise(Degradation):
+    """Transform form of :func:`gaussian_noise`. With a ``seed``, the sequence of noise draws is
+    reproducible (each call draws fresh noise from one generator, made with the transform)."""
+
+    sigma: float
+    seed: int | None = None
+    clip: bool = True
+    _generator: torch.Generator | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", _real("sigma", self.sigma))
+        if self.seed is not None:
+            if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+                raise TypeError(f"seed must be an int or None, not {self.seed!r}")
+            object.__setattr__(self, "seed", int(self.seed))
+            object.__setattr__(self, "_generator", torch.Generator().manual_seed(self.seed))
+        if not isinstance(self.clip, (bool, np.bool_)):
+            raise TypeError(f"clip must be True or False, not {self.clip!r}")
+        object.__setattr__(self, "clip", bool(self.clip))
+
+    def __call__(self, x: Array) -> Array:
+        return gaussian_noise(x, self.sigma, clip=self.clip, generator=self._generator)
+
+
+@dataclass(frozen=True, repr=False)
+class ClipBright(Degradation):
+    """Transform form of :func:`clip_bright`: a per-image ``quantile`` or an absolute
+    ``threshold`` (exactly one)."""
+
+    quantile: float | None = None
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.quantile is None) == (self.threshold is None):
+            raise ValueError("give exactly one of quantile= or threshold=")
+        if self.quantile is not None:
+            object.__setattr__(self, "quantile", _real("quantile", self.quantile, 0.0, 1.0))
+        else:
+            object.__setattr__(self, "threshold", _real("threshold", self.threshold, 0.0, 1.0))
+
+    def __call__(self, x: Array) -> Array:
+        return clip_bright(x, self.quantile, self.threshold)
+
+
+@dataclass(frozen=True, repr=False)
+class _TileTransform(Degradation):
+    """Shared fields of the tile transforms: a tile (row-major index) of a grid, a fill value."""
+
+    tile: int
+    grid: int = GRID
+    fill: float = 0.0
+
+    def __post_init__(self) -> None:
+        grid = _real("grid", self.grid, minimum=1)
+        if not isinstance(grid, int):
+            raise ValueError(f"grid must be a whole number of tiles per side, got {self.grid}")
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "tile", _tile(self.tile, grid))
+        object.__setattr__(self, "fill", _real("fill", self.fill, 0.0, 1.0))
+
+
+@dataclass(frozen=True, repr=False)
+class BlackOutTile(_TileTransform):
+    """Transform form of :func:`black_out_tile`: one tile set to ``fill``, the others kept."""
+
+    def __call__(self, x: Array) -> Array:
+        return black_out_tile(x, self.tile, self.grid, self.fill)
+
+
+@dataclass(frozen=True, repr=False)
+class KeepTile(_TileTransform):
+    """Transform form of :func:`keep_tile`: one tile kept, the others set to ``fill``."""
+
+    def __call__(self, x: Array) -> Array:
+        return keep_tile(x, self.tile, self.grid, self.fill)
+
+
+@dataclass(frozen=True, repr=False)
+class KeepLungs(Degradation):
+    """Transform form of :func:`keep_lungs` with Otsu masks estimated per image."""
+
+    fill: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fill", _real("fill", self.fill, 0.0, 1.0))
+
+    def __call__(self, x: Array) -> Array:
+        return keep_lungs(x, None, self.fill)
+
+
+@dataclass(frozen=True, repr=False)
+class Compose(Degradation):
+    """Several transforms applied in order (first to last).
+
+    >>> Compose([HighPass(50), GaussianNoise(0.1, seed=0)])
+    Compose([HighPass(d=50), GaussianNoise(sigma=0.1, seed=0)])
     """
-    if name not in SEVERITY_SWEEPS:
-        raise KeyError(f"unknown degradation {name!r}; choose one of {', '.join(SEVERITY_SWEEPS)}")
-    spec = SEVERITY_SWEEPS[name]
-    return spec.make(int(level) if spec.integer else level)
 
+    transforms: tuple[Degradation, ...]
 
-# --------------------------------------------------------------------------- experiments
-def degrade_images(images: np.ndarray, degradation: Callable[[torch.Tensor], torch.Tensor],
-                   batch_size: int = 256) -> np.ndarray:
-    """Apply ``degradation`` to uint8 (or float) images ``(N, H, W)`` in batches; float32 out.
+    def __post_init__(self) -> None:
+        if isinstance(self.transforms, Degradation) or not isinstance(self.transforms, (list, tuple)):
+            raise TypeError("Compose takes a list of transforms, e.g. Compose([HighPass(50), "
+                            "GaussianBlur(2)])")
+        bad = [t for t in self.transforms if not isinstance(t, Degradation)]
+        if bad:
+            raise TypeError(f"Compose takes the typed transforms of cxrlab.toolbox.degrade (their "
+                            f"repr goes into the model store's key), not {bad[0]!r}")
+        object.__setattr__(self, "transforms", tuple(self.transforms))
 
-    The result is what :meth:`cxrlab.core.store.TrainedModel.predict` takes, and unlike per-image
-    transforms it runs one FFT per batch.
-    """
-    out = np.empty(np.shape(images), dtype=np.float32)
-    for start in range(0, len(images), batch_size):
-        batch = _as_float_tensor(np.asarray(images[start:start + batch_size])).float()
-        out[start:start + batch_size] = degradation(batch[:, None])[:, 0].numpy()
-    return out
+    def __call__(self, x: Array) -> Array:
+        for transform in self.transforms:
+            x = transform(x)
+        return x
 
-
-def _macro_row(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], groups: Any,
-               n_boot: int, seed: int) -> dict[str, Any]:
-    from cxrlab.core.metrics import macro_auc_ci
-
-    ci = macro_auc_ci(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed)
-    return {"class": "macro", "auc": ci.estimate, "ci_low": ci.low, "ci_high": ci.high}
-
-
-def auc_rows(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], groups: Any = None,
-             n_boot: int = 100, seed: int = 0, per_class: bool = True) -> list[dict[str, Any]]:
-    """Per-class one-vs-rest AUCs (unless ``per_class=False``) and the macro AUC (last row,
-    class ``"macro"``; for a binary target it repeats the one AUC), with patient-bootstrap 95% CIs."""
-    from cxrlab.core.metrics import auc_table
-
-    multiclass = np.ndim(proba) == 2
-    rows: list[dict[str, Any]] = []
-    if per_class or not multiclass:
-        table = auc_table(y, proba, classes, groups=groups, n_boot=n_boot, seed=seed)
-        rows = table[["class", "auc", "ci_low", "ci_high"]].to_dict("records")
-    if multiclass:
-        rows.append(_macro_row(y, proba, classes, groups, n_boot, seed))
-    else:  # binary: the one AUC is also the "macro" AUC, so curves and checks work unchanged
-        rows.append({**rows[-1], "class": "macro"})
-    return rows
-
-
-def sweep_at_test_time(trained_model: Any, images: np.ndarray, y_true: np.ndarray, classes: Sequence[str],
-                       name: str, levels: Sequence[float] | None = None, groups: Any = None,
-                       n_boot: int = 100, seed: int = 0, per_class: bool = True, progress: bool = True):
-    """Degrade the test images at each level and score a model trained on *clean* images.
-
-    ``trained_model`` has ``.predict(images, transform=...) -> proba`` (a ``TrainedModel``:
-    the degradation runs batch by batch, so no degraded copy of the test set is held). Returns a
-    DataFrame with ``degradation, level, class, auc, ci_low, ci_high``: one row per class
-    (unless ``per_class=False``, which halves the bootstrap work) and a ``macro`` row.
-    """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    spec = SEVERITY_SWEEPS[name]
-    rows = []
-    for level in tqdm(levels or spec.levels, desc=f"sweeping {name}", disable=not progress, leave=False):
-        proba = trained_model.predict(images, transform=make_degradation(name, level))
-        for row in auc_rows(y_true, proba, classes, groups, n_boot, seed, per_class):
-            rows.append({"degradation": name, "level": level, **row})
-    release_unused_memory()                       # the batches' freed heap back to the system
-    return pd.DataFrame(rows)
-
-
-#: Share of the training patients a degraded model trains on (every validation and test image
-#: is kept): half the training time. On demo (580 of 1,160 training images, 2026-12-02) the
-#: macro AUCs were 0.97 / 0.95 / 0.72 at high-pass 50 / high-pass 100 / low-pass 10, against
-#: 1.00 / 1.00 / 0.76 on every training image and 0.68 / 0.51 / 0.54 for the clean model.
-DEGRADED_TRAIN_FRACTION = 0.5
-
-
-def degraded_model(session: Any, name: str, level: float, target: str = "race",
-                   progress: bool = True, train_fraction: float = DEGRADED_TRAIN_FRACTION) -> Any:
-    """The store's ``target`` model trained, validated and tested on images degraded by
-    ``make_degradation(name, level)`` (variant ``"<name>-<level>"``), on ``train_fraction``
-    of the training patients (:func:`cxrlab.core.store.patient_subset_filter`): trained once,
-    then loaded."""
-    from cxrlab.core.store import get_model, patient_subset_filter
-
-    return get_model(session, target, variant=f"{name}-{level:g}",
-                     train_transform=make_degradation(name, level),
-                     train_filter=patient_subset_filter(session, train_fraction), progress=progress)
-
-
-def train_on_degraded(session: Any, name: str, levels: Sequence[float], target: str = "race",
-                      n_boot: int = 100, seed: int = 0):
-    """The paper's method: train *and* test on degraded images, one model per level.
-
-    Models come from :func:`degraded_model` (trained once, then loaded from the store).
-    Returns the same columns as :func:`sweep_at_test_time`.
-    """
-    import pandas as pd
-
-    rows = []
-    for level in levels:
-        tm = degraded_model(session, name, level, target)
-        groups = session.manifest["patient_id"].to_numpy()[tm.test_index]
-        for row in auc_rows(tm.test_targets, tm.test_proba, tm.classes, groups, n_boot, seed):
-            rows.append({"degradation": name, "level": level, **row})
-    return pd.DataFrame(rows)
-
-
-def tile_auc_grid(trained_model: Any, images: np.ndarray, y_true: np.ndarray, classes: Sequence[str],
-                  mode: str = "black_out", groups: Any = None, n_boot: int = 50, seed: int = 0,
-                  grid: int = GRID):
-    """Macro AUC (with CI) of a clean-trained model when one tile is blacked out (``mode=
-    "black_out"``) or is all that is left (``"keep"``), for each of the 3x3 tiles.
-
-    Returns a DataFrame with ``tile, row, col, auc, ci_low, ci_high``; pivot with
-    ``df.pivot(index="row", columns="col", values="auc")`` for a heat map.
-    """
-    import pandas as pd
-
-    if mode not in ("black_out", "keep"):
-        raise ValueError(f"mode must be 'black_out' or 'keep', not {mode!r}")
-    fn = black_out_tile if mode == "black_out" else keep_tile
-    rows = []
-    for tile in range(grid * grid):
-        proba = trained_model.predict(images, transform=lambda x, t=tile: fn(x, t, grid))
-        row = _macro_row(y_true, proba, classes, groups, n_boot, seed)
-        r, c = divmod(tile, grid)
-        rows.append({"tile": tile, "row": r, "col": c, "auc": row["auc"], "ci_low": row["ci_low"],
-                     "ci_high": row["ci_high"]})
-    release_unused_memory()
-    return pd.DataFrame(rows)
-
-
-def first_level_below(table, threshold: float = 0.6, cls: str = "macro") -> float | None:
-    """The mildest level (in sweep order) at which ``cls``'s AUC falls below ``threshold``;
-    ``None`` if it never does."""
-    rows = table[table["class"] == cls]
-    below = rows[rows["auc"] < threshold]
-    return None if below.empty else below["level"].iloc[0]
-
-
-def plot_sweep(curves: dict[str, Any], name: str, paper: dict[str, Sequence[float]] | None = None,
-               paper_label: str = "paper", cls: str = "macro", ax: Any = None):
-    """AUC against severity for one degradation: one line with a CI band per entry of ``curves``
-    (label -> table from :func:`sweep_at_test_time` / :func:`train_on_degraded`), the paper's curve
-    (``{"level": [...], "auc": [...]}``) dashed. Radii use a log axis."""
-    import matplotlib.pyplot as plt
-
-    from cxrlab.core.plots import PALETTE
-
-    spec = SEVERITY_SWEEPS[name]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5.2, 3.6))
-    for i, (label, table) in enumerate(curves.items()):
-        rows = table[table["class"] == cls].sort_values("level")
-        color = PALETTE[i % len(PALETTE)]
-        ax.plot(rows["level"], rows["auc"], "o-", color=color, label=label)
-        ax.fill_between(rows["level"], rows["ci_low"], rows["ci_high"], color=color, alpha=0.2)
-    if paper is not None:
-        ax.plot(paper["level"], paper["auc"], "k--", marker="x", label=paper_label)
-    ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
-    if spec.param == "d" or name == "downsample":
-        ax.set_xscale("log")
-    ax.set_ylim(0.3, 1.02)
-    ax.set_xlabel(f"{spec.param} ({spec.unit})")
-    ax.set_ylabel(f"AUC ({cls})")
-    ax.set_title(spec.label, fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
-    return ax
-
-
-def plot_tile_grid(table, title: str, ax: Any = None, vmin: float = 0.5, vmax: float = 1.0):
-    """3x3 heat map of the macro AUC per tile (from :func:`tile_auc_grid`), values written in."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3.4, 3.2))
-    grid = table.pivot(index="row", columns="col", values="auc").to_numpy()
-    im = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax)
-    for (r, c), value in np.ndenumerate(grid):
-        ax.text(c, r, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.8 else "black")
-    ax.set_xticks(range(grid.shape[1])); ax.set_yticks(range(grid.shape[0]))
-    ax.set_xlabel("tile column"); ax.set_ylabel("tile row")
-    ax.set_title(title, fontsize=10)
-    plt.colorbar(im, ax=ax, fraction=0.046, label="macro AUC")
-    return ax
+    def __repr__(self) -> str:
+        return f"Compose([{', '.join(map(repr, self.transforms))}])"
 
 
 # --------------------------------------------------------------------------- learner self-checks
-HIGH_PASS_LIBRARY = ("high_pass", "low_pass", "band_pass", "notch", "fft_mask", "apply_fft_mask",
-                     "_fft_filter", "_cached_mask", "frequency_radius", "HighPass", "LowPass")
-FIRST_LEVEL_LIBRARY = ("first_level_below", "check_first_level_below")
-
-
-def _module() -> Any:
-    import sys
-
-    return sys.modules[__name__]
+#: The library code a learner's high-pass filter must not call (the check compares against it).
+HIGH_PASS_LIBRARY = (high_pass, low_pass, band_pass, notch, fft_mask, apply_fft_mask, _fft_filter,
+                     _cached_mask, frequency_radius, HighPass, LowPass)
 
 
 def _filtered(fn: Callable[[np.ndarray, float], np.ndarray], img: np.ndarray, d: float) -> np.ndarray:
-    from cxrlab.toolbox.checks import call_answer
-
     out = call_answer(fn, img.copy(), d)
     require(type(out) is np.ndarray, f"return a numpy array, not {type(out).__name__}")
     require(out.shape == img.shape, f"the output has shape {out.shape}; it should keep the image's {img.shape}")
@@ -741,9 +748,7 @@ def check_high_pass(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
     usual slips, each named: keeping radius >= d (the boundary; d = 0 shows it), radii in pixels
     of this image instead of the 224-px grid, one axis's frequencies for both, a low-pass.
     """
-    from cxrlab.toolbox.checks import forbid_library
-
-    forbid_library(fn, _module(), HIGH_PASS_LIBRARY, "the high-pass filter")
+    forbid_library(fn, HIGH_PASS_LIBRARY, "the high-pass filter")
     rng = np.random.default_rng(0)
     img = rng.random((64, 64))
     out = _filtered(fn, img, 25)
@@ -771,86 +776,28 @@ def check_high_pass(fn: Callable[[np.ndarray, float], np.ndarray]) -> None:
     passed("Correct: your high-pass filter removes the mean and keeps exactly the frequencies above d.")
 
 
-def _sweep_table(levels: Sequence[float], macro: Sequence[float], other: Sequence[float]):
-    """A small sweep table in :func:`sweep_at_test_time`'s layout: class ``A`` rows then ``macro``."""
-    import pandas as pd
-
-    rows = [{"degradation": "high_pass", "level": float(lv), "class": c, "auc": float(a)}
-            for lv, a_macro, a_other in zip(levels, macro, other)
-            for c, a in (("A", a_other), ("macro", a_macro))]
-    return pd.DataFrame(rows)
-
-
-FIRST_LEVEL_CASES = (
-    # levels, macro AUCs, class A AUCs, threshold, expected first level
-    ((1, 5, 10, 25, 50, 100), (0.90, 0.85, 0.58, 0.63, 0.40, 0.55), (0.9, 0.45, 0.7, 0.7, 0.7, 0.7),
-     0.6, 10.0),
-    ((1, 5, 10, 25), (0.90, 0.85, 0.81, 0.79), (0.5, 0.5, 0.5, 0.5), 0.6, None),
-    ((2, 4, 8, 16), (0.95, 0.80, 0.75, 0.70), (0.9, 0.9, 0.9, 0.9), 0.8, 8.0),
-)
+# --------------------------------------------------------------------------- moved to sweeps
+#: Names that moved to :mod:`cxrlab.toolbox.sweeps` (issue 20): degrade keeps the filters and
+#: the typed transforms, sweeps the experiments built on them. ``degrade.<name>`` still works,
+#: with a ``DeprecationWarning``; new code imports them from ``sweeps``.
+MOVED_TO_SWEEPS = frozenset({
+    "SweepSpec", "PAPER_RADII", "SEVERITY_SWEEPS", "make_degradation", "degrade_images",
+    "auc_rows", "_macro_row", "sweep_at_test_time", "DEGRADED_TRAIN_FRACTION", "degraded_model",
+    "train_on_degraded", "tile_auc_grid", "first_level_below", "plot_sweep", "plot_tile_grid",
+    "spec_param", "FIRST_LEVEL_LIBRARY", "FIRST_LEVEL_CASES", "sweep_table", "_sweep_table",
+    "check_first_level_function", "check_first_level_below"})
 
 
-def _first_level_hint(got: float, levels, macro, other, threshold: float) -> str:
-    below = [lv for lv, a in zip(levels, macro) if a < threshold]
-    other_below = [lv for lv, a in zip(levels, other) if a < threshold]
-    if other_below and got == other_below[0]:
-        return " That is where class A's row falls below: keep only the rows with class == 'macro'."
-    if got == levels[int(np.argmin(macro))]:
-        return " That is the level with the LOWEST AUC; the question asks for the first level below."
-    if below and got == below[-1]:
-        return " That is the LAST level below; take the first one (the mildest, in table order)."
-    if got in [float(a) for a in macro]:
-        return " That is an AUC; return the level (the 'level' column)."
-    return " Filter class == 'macro', then auc < threshold, then take the first row's level."
+def __getattr__(name: str) -> Any:
+    if name == "_as_float_tensor":
+        warnings.warn("degrade._as_float_tensor is now degrade.as_float_tensor", DeprecationWarning,
+                      stacklevel=2)
+        return as_float_tensor
+    if name in MOVED_TO_SWEEPS:
+        from cxrlab.toolbox import sweeps
 
-
-def check_first_level_function(fn: Callable[[Any, float], float | None]) -> None:
-    """Self-check for "find the first level at which the AUC falls below a threshold".
-
-    ``fn(table, threshold)`` gets a sweep table (mildest level first; per-class rows and a
-    ``macro`` row per level) and returns that level as a number, or ``None``.
-    """
-    from cxrlab.toolbox.checks import call_answer, forbid_library, require_number
-
-    forbid_library(fn, _module(), FIRST_LEVEL_LIBRARY, "the search")
-    for levels, macro, other, threshold, want in FIRST_LEVEL_CASES:
-        table = _sweep_table(levels, macro, other)
-        got = require_number(call_answer(fn, table.copy(), threshold), "the level", allow_none=True)
-        if want is None:
-            require(got is None, f"the macro AUC never falls below {threshold} in a test table "
-                    f"(AUCs {list(macro)}), yet you returned {got}: return None then")
-            continue
-        require(got is not None, f"the macro AUC falls below {threshold} at level {want} of a test "
-                f"table (AUCs {list(macro)}), yet you returned None")
-        require(got == want, f"levels {list(levels)}, macro AUCs {list(macro)}, threshold "
-                f"{threshold}: expected {want:g}, got {got:g}."
-                + _first_level_hint(got, levels, macro, other, threshold))
-    passed("Correct: your function returns the first (mildest) level where the macro AUC falls "
-           "below the threshold, and None when it never does.")
-
-
-def check_first_level_below(answer: float | None, table, threshold: float = 0.6) -> None:
-    """Self-check for "find the radius where AUC falls below 0.6" on a sweep ``table``:
-    ``answer`` must be a plain number (or ``None``), equal to the true first level."""
-    from cxrlab.toolbox.checks import require_number
-
-    value = require_number(answer, "radius_below_06", allow_none=True)
-    truth = first_level_below(table, threshold)
-    name = table["degradation"].iloc[0]
-    if truth is None:
-        require(value is None, (f"the macro AUC never falls below {threshold} in this {name} sweep; "
-                                "the answer should be None"))
-    else:
-        require(value is not None, (f"the macro AUC does fall below {threshold}: look at the rows "
-                                    "with class == 'macro'"))
-        require(value == float(truth), (
-            f"{answer} is not the first level (mildest first, in the table's order) where the "
-            f"macro AUC < {threshold}; filter class == 'macro', then auc < {threshold}, then take "
-            "the first row"))
-    passed(f"Correct: in the {name} sweep the macro AUC first drops below {threshold} at "
-           f"{spec_param(name)} = {truth}.")
-
-
-def spec_param(name: str) -> str:
-    """The swept parameter's name for a degradation (``d``, ``sigma``, ...)."""
-    return SEVERITY_SWEEPS[name].param if name in SEVERITY_SWEEPS else "level"
+        new = "sweep_table" if name == "_sweep_table" else name
+        warnings.warn(f"degrade.{name} moved to cxrlab.toolbox.sweeps.{new}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(sweeps, new)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

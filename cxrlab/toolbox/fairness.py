@@ -599,17 +599,10 @@ def check_threshold_constraint(threshold: float, no_finding_true: Any, proba: An
           f"<= {max_fpr} and flags as few healthy patients as possible.")
 
 
-UNDERDIAGNOSIS_LIBRARY = ("underdiagnosis_rate", "overdiagnosis_rate", "confusion_counts",
-                          "group_metric_frame", "underdiagnosis_table", "operating_point",
-                          "tradeoff_table")
-FAIR_THRESHOLD_LIBRARY = ("per_group_thresholds", "operating_point", "tradeoff_table",
-                          "check_threshold_constraint")
-
-
-def _module() -> Any:
-    import sys
-
-    return sys.modules[__name__]
+#: The library code each exercise's answer must not call (the checks compare against it).
+UNDERDIAGNOSIS_LIBRARY = (underdiagnosis_rate, overdiagnosis_rate, confusion_counts, group_metric_frame,
+                          underdiagnosis_table, operating_point, tradeoff_table)
+FAIR_THRESHOLD_LIBRARY = (per_group_thresholds, operating_point, tradeoff_table, check_threshold_constraint)
 
 
 def _exercise_case(seed: int, n: int = 240) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -630,7 +623,7 @@ def check_underdiagnosis_function(fn: Callable[[Any, Any, Any], Mapping[Any, flo
     """
     from cxrlab.toolbox.checks import call_answer, forbid_library, require_number
 
-    forbid_library(fn, _module(), UNDERDIAGNOSIS_LIBRARY, "the underdiagnosis rate")
+    forbid_library(fn, UNDERDIAGNOSIS_LIBRARY, "the underdiagnosis rate")
     for seed in (5, 6):
         y, score, g = _exercise_case(seed)
         called = score >= 0.55
@@ -668,7 +661,7 @@ def check_fair_threshold_function(fn: Callable[[Any, Any, Any, float], float]) -
     """
     from cxrlab.toolbox.checks import call_answer, forbid_library, require_number
 
-    forbid_library(fn, _module(), FAIR_THRESHOLD_LIBRARY, "the constrained threshold")
+    forbid_library(fn, FAIR_THRESHOLD_LIBRARY, "the constrained threshold")
     for seed, max_rate in ((7, 0.2), (8, 0.1)):
         y, s, g = _exercise_case(seed)
         got = require_number(call_answer(fn, pd.Series(y), pd.Series(s), pd.Series(g), max_rate), "the threshold")

@@ -744,15 +744,10 @@ HAND_CASE = {
 }
 """The exercise's hand-worked case: stratum ``c`` holds positives only (no AUC)."""
 
-STRATIFIED_LIBRARY = ("stratified_auc", "stratified_evaluation")
-EQUALISE_LIBRARY = ("equalise_groups", "match_within", "glocker_resample", "decorrelate")
-SHORTCUT_LIBRARY = ("shortcut_verdict", "verdicts_from_evidence", "ShortcutVerdict")
-
-
-def _this_module() -> Any:
-    import sys
-
-    return sys.modules[__name__]
+#: The library code each exercise's answer must not call (the checks compare against it).
+STRATIFIED_LIBRARY = (stratified_auc, stratified_evaluation)
+EQUALISE_LIBRARY = (equalise_groups, match_within, glocker_resample, decorrelate)
+SHORTCUT_LIBRARY = (shortcut_verdict, verdicts_from_evidence, ShortcutVerdict)
 
 
 def _stratum_value(got: Mapping[Any, Any], stratum: str) -> float:
@@ -769,7 +764,7 @@ def check_stratified_auc(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], Mapp
     for a stratum that holds one class only. The usual slips, each named: the AUC of all rows
     for every stratum (no mask), 0.5 or 0 for a one-class stratum, calling the library.
     """
-    checks.forbid_library(fn, _this_module(), STRATIFIED_LIBRARY, "the stratified AUC")
+    checks.forbid_library(fn, STRATIFIED_LIBRARY, "the stratified AUC")
     case = HAND_CASE
     got = checks.call_answer(fn, case["y_true"].copy(), case["score"].copy(), case["strata"].copy())
     checks.require(isinstance(got, Mapping), f"return a dict {{stratum: AUC}}, got {type(got).__name__}")
@@ -815,7 +810,7 @@ def check_equalise_groups(fn: Callable[..., pd.DataFrame]) -> None:
     with the same number of rows in every group, as many as the smallest group allows, drawn
     at random: the same ``seed`` gives the same rows, another seed other rows.
     """
-    checks.forbid_library(fn, _this_module(), EQUALISE_LIBRARY, "the equalising step")
+    checks.forbid_library(fn, EQUALISE_LIBRARY, "the equalising step")
     rng = np.random.default_rng(3)
     df = pd.DataFrame({"race": rng.choice(["A", "B", "C"], 120, p=[0.6, 0.3, 0.1]),
                        "x": rng.random(120)}, index=rng.permutation(np.arange(500, 620)))
@@ -864,7 +859,7 @@ def check_shortcut_rule(fn: Callable[[float, float, float], bool], evidence: pd.
     False; it is tried on the toy ``evidence`` and on boundary cases. The usual slips are to
     flag on decodability alone or on the drop alone.
     """
-    checks.forbid_library(fn, _this_module(), SHORTCUT_LIBRARY, "the decision rule")
+    checks.forbid_library(fn, SHORTCUT_LIBRARY, "the decision rule")
     verdicts = {name: shortcut_verdict(r.site_auc, (r.site_ci_low, r.site_ci_high),
                                        r.auc_confounded, r.auc_independent)
                 for name, r in evidence.iterrows()}

@@ -69,11 +69,14 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from data_fetch import download as dl
+from data_fetch.download import (DownloadError, check_digests, check_free_space, download,
+                                 human_bytes, is_url, join_url, read_location, redact_url)
 from data_fetch.ingest import PENDING_PER_WORKER, Done, ImagePool, fetch_pool
-from data_fetch.sources import _common as C
-from data_fetch.sources.cli import add_workers_arg
-from data_fetch.sources.dataset import check_workers
+from data_fetch.sources.cli import add_common_args, add_workers_arg, env_default, resolve_dest, say
+from data_fetch.sources.dataset import DEFAULT_NAME, check_workers, finalize, log, split_patients
+from data_fetch.sources.images import (CorruptImageError, estimate_disk, save_png, scale_to_uint8,
+                                       square_resize)
+from data_fetch.sources.labels import map_sex, race_class
 
 NAME = "covid19_ar"
 TITLE = "TCIA COVID-19-AR"
@@ -181,15 +184,15 @@ def resolve_url(address: str, mirror: str | None = None) -> str:
     match = re.match(r"(gs|s3)://(.+)", address)
     if match:
         base = mirror or (GCS_BASE if match.group(1) == "gs" else S3_BASE)
-        return dl.join_url(base, match.group(2))
-    if dl.is_url(address):
+        return join_url(base, match.group(2))
+    if is_url(address):
         if not mirror:
             return address
         path = re.sub(r"^https?://[^/]+", "", address)
-        return dl.join_url(mirror, path)
+        return join_url(mirror, path)
     if not mirror:
         raise ValueError(f"relative address {address!r} in the listing needs --mirror")
-    return dl.join_url(mirror, address)
+    return join_url(mirror, address)
 
 
 def is_folder(url: str) -> bool:
@@ -204,7 +207,7 @@ def list_prefix(folder_url: str, suffix: str = ".dcm", **net: Any) -> list[tuple
     if not match:
         raise ValueError(f"cannot list {folder_url}")
     bucket_url, prefix = match.groups()
-    xml = dl.read_location(f"{bucket_url}?list-type=2&prefix={prefix}", **net)
+    xml = read_location(f"{bucket_url}?list-type=2&prefix={prefix}", **net)
     found = []
     for item in ET.fromstring(xml).iter():
         if not item.tag.endswith("Contents"):
@@ -212,7 +215,7 @@ def list_prefix(folder_url: str, suffix: str = ".dcm", **net: Any) -> list[tuple
         fields = {child.tag.rsplit("}", 1)[-1]: child.text for child in item}
         key, size = fields.get("Key") or "", fields.get("Size")
         if key.startswith(prefix) and key.endswith(suffix) and not key.endswith("/"):
-            found.append((dl.join_url(bucket_url, key), int(size) if size else -1))
+            found.append((join_url(bucket_url, key), int(size) if size else -1))
     return found
 
 
@@ -222,7 +225,7 @@ def read_listing(location: str | Path, mirror: str | None = None, **net: Any) ->
     A CSV's rows with a ``Modality`` other than CR/DX are dropped here already; every file is
     checked again from its DICOM header when it arrives.
     """
-    text = dl.read_location(location, **net).decode("utf-8-sig")
+    text = read_location(location, **net).decode("utf-8-sig")
     first = text.lstrip().split("\n", 1)[0]
     if any(col in [c.strip().strip('"') for c in first.split(",")] for col in URL_COLUMNS):
         table = pd.read_csv(io.StringIO(text))
@@ -287,7 +290,7 @@ def _view(ds: Any) -> str:
     return view
 
 
-def _decode_failure(ds: Any, err: Exception, name: str) -> C.CorruptImageError:
+def _decode_failure(ds: Any, err: Exception, name: str) -> CorruptImageError:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     compressed = bool(syntax is not None and getattr(syntax, "is_compressed", False))
     if compressed and ("handler" in str(err).lower() or "plugin" in str(err).lower()):
@@ -295,7 +298,7 @@ def _decode_failure(ds: Any, err: Exception, name: str) -> C.CorruptImageError:
                   "pip install pylibjpeg pylibjpeg-libjpeg")
     else:
         detail = f"pixel data cannot be read ({type(err).__name__}: {str(err)[:120]})"
-    return C.CorruptImageError(f"{name}: {detail}")
+    return CorruptImageError(f"{name}: {detail}")
 
 
 def dicom_to_image(data: bytes, name: str) -> tuple[Image.Image, dict[str, Any]]:
@@ -312,7 +315,7 @@ def dicom_to_image(data: bytes, name: str) -> tuple[Image.Image, dict[str, Any]]
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as err:
-        raise C.CorruptImageError(f"{name}: not a readable DICOM file ({type(err).__name__})") from None
+        raise CorruptImageError(f"{name}: not a readable DICOM file ({type(err).__name__})") from None
     problem = radiograph_problem(ds)
     if problem:
         raise ExcludedImage(f"{name}: {problem}")
@@ -321,11 +324,11 @@ def dicom_to_image(data: bytes, name: str) -> tuple[Image.Image, dict[str, Any]]
     except Exception as err:  # pydicom raises many types for broken or compressed pixel data
         raise _decode_failure(ds, err, name) from None
     if arr.ndim != 2:
-        raise C.CorruptImageError(f"{name}: expected one greyscale frame, got shape {arr.shape}")
+        raise CorruptImageError(f"{name}: expected one greyscale frame, got shape {arr.shape}")
     arr = apply_modality_lut(arr, ds)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
         arr = apply_voi_lut(arr, ds, index=0)
-    pixels = C.scale_to_uint8(arr)
+    pixels = scale_to_uint8(arr)
     if shows_bone_dark(ds):
         pixels = 255 - pixels
     return Image.fromarray(pixels), _dicom_meta(ds)
@@ -381,9 +384,9 @@ def read_clinical_bytes(data: bytes) -> pd.DataFrame:
 def read_clinical(location: str | Path, sha256: str | None = None,
                   **net: Any) -> tuple[pd.DataFrame, str]:
     """The clinical table at a path or URL and its SHA-256, verified against ``sha256`` if given."""
-    data = dl.read_location(location, **net)
+    data = read_location(location, **net)
     digest = _sha256(data)
-    dl.check_digests({"sha256": digest}, dl.redact_url(str(location)), sha256=sha256)
+    check_digests({"sha256": digest}, redact_url(str(location)), sha256=sha256)
     return read_clinical_bytes(data), digest
 
 
@@ -401,9 +404,9 @@ def read_idc_clinical(mirror: str | None = None, **net: Any) -> tuple[pd.DataFra
     """IDC's ``covid_19_ar_clinical`` table (parquet objects in the public metadata bucket)."""
     objects = list_prefix(idc_clinical_folder(mirror), suffix="", **net)
     if not objects:
-        raise dl.DownloadError(f"IDC's clinical table {IDC_CLINICAL_TABLE} was not found at "
-                               f"{dl.redact_url(idc_clinical_folder(mirror))}")
-    blobs = [dl.read_location(url, **net) for url, _ in objects]
+        raise DownloadError(f"IDC's clinical table {IDC_CLINICAL_TABLE} was not found at "
+                               f"{redact_url(idc_clinical_folder(mirror))}")
+    blobs = [read_location(url, **net) for url, _ in objects]
     table = pd.concat([read_clinical_bytes(b) for b in blobs]).drop_duplicates("patient_id")
     origin = {"clinical": f"IDC {idc_version()} clinical table {IDC_CLINICAL_TABLE}",
               "clinical_sha256": [_sha256(b) for b in blobs]}
@@ -418,15 +421,15 @@ def load_clinical(clinical: str | Path | None, sha256: str | None, no_clinical: 
     ``no_clinical`` skips both. Raises ``DownloadError`` with one line when none is reachable.
     """
     if no_clinical:
-        C.log.warning("--no-clinical: race stays missing; sex and age come from the DICOM header")
+        log.warning("--no-clinical: race stays missing; sex and age come from the DICOM header")
         return None, {"clinical": None}
     if clinical:
         table, digest = read_clinical(clinical, sha256, **net)
-        return table, {"clinical": dl.redact_url(str(clinical)), "clinical_sha256": digest}
+        return table, {"clinical": redact_url(str(clinical)), "clinical_sha256": digest}
     try:
         return read_idc_clinical(mirror, **net)
-    except (dl.DownloadError, ET.ParseError, ValueError) as err:
-        raise dl.DownloadError(
+    except (DownloadError, ET.ParseError, ValueError) as err:
+        raise DownloadError(
             f"no clinical table reachable (IDC's {IDC_CLINICAL_TABLE}: {str(err).splitlines()[0]}); "
             f"download TCIA's clinical spreadsheet from {TCIA_PAGE} and pass --clinical FILE, "
             "or --no-clinical to go on without race") from None
@@ -469,10 +472,10 @@ def stored_meta(dest: Path, key: str) -> dict[str, Any] | None:
 
 def download_dicom(url: str, expected_size: int, dest: Path, key: str, net: dict) -> Path:
     """Download one DICOM to ``dest/_dicom/<key>.dcm`` and check its size against the listing."""
-    dcm = dl.download(url, dest / "_dicom" / f"{key}.dcm", progress=False, **net)
+    dcm = download(url, dest / "_dicom" / f"{key}.dcm", progress=False, **net)
     try:
         _check_size(dcm, expected_size, key)
-    except C.CorruptImageError:
+    except CorruptImageError:
         dcm.unlink(missing_ok=True)          # never reused: the next run fetches it afresh
         raise
     return dcm
@@ -492,14 +495,14 @@ def convert_dicom(dcm: Path, dest: Path, key: str, size: int, keep_dicom: bool) 
         _write_json(meta_path, {"excluded": str(err), "key": key})
         dcm.unlink(missing_ok=True)
         raise
-    except C.CorruptImageError:
+    except CorruptImageError:
         dcm.unlink(missing_ok=True)          # never reused: the next run fetches it afresh
         raise
     if not keep_dicom:
         dcm.unlink(missing_ok=True)
     meta["path"] = f"images/{key}.png"
     meta["key"] = key
-    C.save_png(C.square_resize(img, size), dest / meta["path"])
+    save_png(square_resize(img, size), dest / meta["path"])
     _write_json(meta_path, meta)
     return meta
 
@@ -525,7 +528,7 @@ def fetch_all(files: list[tuple[str, int]], dest: Path, size: int, keep_dicom: b
         key, job = pending.popleft()
         try:
             metas.append(job.result())
-        except (C.CorruptImageError, ExcludedImage) as err:
+        except (CorruptImageError, ExcludedImage) as err:
             excluded.append((key, str(err).split(": ", 1)[-1]))
         bar.update()
 
@@ -548,7 +551,7 @@ def _start(url: str, expected: int, dest: Path, size: int, keep_dicom: bool, net
         if meta is not None:
             return Done(meta)
         dcm = download_dicom(url, expected, dest, key, net)
-    except (C.CorruptImageError, ExcludedImage) as err:
+    except (CorruptImageError, ExcludedImage) as err:
         return Done(None, err)
     return pool.call(convert_dicom, dcm, dest, key, size, keep_dicom)
 
@@ -556,7 +559,7 @@ def _start(url: str, expected: int, dest: Path, size: int, keep_dicom: bool, net
 def _check_size(path: Path, expected: int, key: str) -> None:
     got = path.stat().st_size
     if expected >= 0 and got != expected:
-        raise C.CorruptImageError(f"{key}: {got} bytes arrived, the listing declares {expected}; "
+        raise CorruptImageError(f"{key}: {got} bytes arrived, the listing declares {expected}; "
                                   "run again to fetch it afresh")
 
 
@@ -570,9 +573,9 @@ def build_manifest(metas: list[dict[str, Any]], clinical: pd.DataFrame | None,
         df = df.merge(clinical, on="patient_id", how="left")
     else:
         df = df.assign(race_original=pd.NA, sex_clinical=pd.NA, age_clinical=np.nan, ethnicity=pd.NA)
-    sex = [C.map_sex(s) for s in df["sex_clinical"]]
-    sex = [s if s is not pd.NA else C.map_sex(d) for s, d in zip(sex, df["dicom_sex"])]
-    split = C.split_patients(df["patient_id"], seed)
+    sex = [map_sex(s) for s in df["sex_clinical"]]
+    sex = [s if s is not pd.NA else map_sex(d) for s, d in zip(sex, df["dicom_sex"])]
+    split = split_patients(df["patient_id"], seed)
     return pd.DataFrame({
         "image_id": [m or k for m, k in zip(df["sop"], df["key"])], "path": df["path"],
         "patient_id": df["patient_id"], "study_id": df["study_id"].replace("", pd.NA).fillna(df["key"]),
@@ -580,7 +583,7 @@ def build_manifest(metas: list[dict[str, Any]], clinical: pd.DataFrame | None,
         "view": df["view"].where(df["view"].isin(FRONTAL_VIEWS)),
         "sex": sex, "age": pd.to_numeric(df["age_clinical"], errors="coerce").fillna(
             pd.to_numeric(df["dicom_age"], errors="coerce")),
-        "race": [C.race_class(r) for r in df["race_original"]],
+        "race": [race_class(r) for r in df["race_original"]],
         "ethnicity": df["ethnicity"], "bmi": np.nan, "site": SITE, "source": NAME,
         "race_original": df["race_original"], "modality": df["modality"],
         "photometric": df["photometric"], "no_finding": pd.NA,
@@ -591,7 +594,7 @@ def _selection(listing: str | Path | None, mirror: str | None,
                net: dict) -> tuple[pd.DataFrame, str]:
     if listing:
         table = read_listing(listing, mirror, **net)
-        return table, f"listing {dl.redact_url(str(listing))}: {len(table)} entries"
+        return table, f"listing {redact_url(str(listing))}: {len(table)} entries"
     index = idc_selection()
     return selection_listing(index, mirror), summarise_selection(index)
 
@@ -607,7 +610,7 @@ def fetch_covid19_ar(dest: str | Path | None = None, *, listing: str | Path | No
                      clinical: str | Path | None = None, clinical_sha256: str | None = None,
                      no_clinical: bool = False, size: int = DEFAULT_SIZE,
                      limit: int | None = None, mirror: str | None = None, seed: int = 0,
-                     keep_dicom: bool = False, name: str = C.DEFAULT_NAME,
+                     keep_dicom: bool = False, name: str = DEFAULT_NAME,
                      dry_run: bool = False, progress: bool = True, retries: int = 5,
                      backoff: float = 1.0, workers: int | None = None) -> Path | None:
     """Fetch COVID-19-AR's frontal radiographs (from the bundled IDC index, or ``listing``),
@@ -621,20 +624,20 @@ def fetch_covid19_ar(dest: str | Path | None = None, *, listing: str | Path | No
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number, got {limit}")
     check_workers(workers)
-    dest = C.resolve_dest(NAME, dest, name)
+    dest = resolve_dest(NAME, dest, name)
     net = {"retries": retries, "backoff": backoff}
-    table, origin = _selection(listing or C.env_default("COVID19_AR_LISTING"), mirror, net)
+    table, origin = _selection(listing or env_default("COVID19_AR_LISTING"), mirror, net)
     if limit is not None:
         table = table.head(limit)
     download_bytes = _download_bytes(table)
     if dry_run:
-        hosts = sorted({dl.redact_url(u).split('/')[2] for u in table['url']})
+        hosts = sorted({redact_url(u).split('/')[2] for u in table['url']})
         print(f"{TITLE} -> {dest}\n  {origin}\n  to fetch: {len(table)} entries from {hosts}; "
-              f"download about {dl.human_bytes(download_bytes)}, disk needed about "
-              f"{dl.human_bytes(C.estimate_disk(len(table), size))}")
+              f"download about {human_bytes(download_bytes)}, disk needed about "
+              f"{human_bytes(estimate_disk(len(table), size))}")
         return None
-    dl.check_free_space(dest, C.estimate_disk(len(table), size, TYPICAL_DICOM_BYTES))
-    clin, clinical_note = load_clinical(clinical or C.env_default("COVID19_AR_CLINICAL"),
+    check_free_space(dest, estimate_disk(len(table), size, TYPICAL_DICOM_BYTES))
+    clin, clinical_note = load_clinical(clinical or env_default("COVID19_AR_CLINICAL"),
                                         clinical_sha256, no_clinical, mirror, net)
     files = expand_folders(table, dest, **net)
     with fetch_pool(workers) as pool:
@@ -645,7 +648,7 @@ def fetch_covid19_ar(dest: str | Path | None = None, *, listing: str | Path | No
             "citation": "Desai et al. 2020, Sci Data 7:414; TCIA doi 10.7937/tcia.2020.py71-5978",
             "selection": origin, **clinical_note,
             "split_method": "random patient-level 60/10/30"}
-    return C.finalize(df, dest, card, excluded)
+    return finalize(df, dest, card, excluded)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -653,7 +656,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``python -m data_fetch covid19_ar``."""
     p = subparsers.add_parser(NAME, help=f"{TITLE}: {ACCESS}", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p, "host that replaces storage.googleapis.com / s3.amazonaws.com "
+    add_common_args(p, "host that replaces storage.googleapis.com / s3.amazonaws.com "
                          "(or resolves relative addresses in the listing)")
     p.set_defaults(size=DEFAULT_SIZE)
     p.add_argument("--listing", default=None,
@@ -678,5 +681,5 @@ def run(args: argparse.Namespace) -> int:
                            keep_dicom=args.keep_dicom, name=args.name, dry_run=args.dry_run,
                            progress=not args.no_progress, workers=args.workers)
     if out is not None:
-        C.say(f"{TITLE} ready: {out}")
+        say(f"{TITLE} ready: {out}")
     return 0

@@ -27,8 +27,8 @@ import torch
 from matplotlib.figure import Figure
 
 from cxrlab.core.plots import colours
-from cxrlab.toolbox.degrade import (SEVERITY_SWEEPS, BlackOutTile, KeepTile, SweepSpec, _as_float_tensor,
-                            log_spectrum)
+from cxrlab.toolbox.degrade import BlackOutTile, KeepTile, as_float_tensor, log_spectrum
+from cxrlab.toolbox.sweeps import SEVERITY_SWEEPS, SweepSpec
 from cxrlab.toolbox.widgets import CourseWidget, shown
 
 PREDICTION_CLASS = "cxr-prediction"
@@ -79,7 +79,7 @@ def first_image_right_at(predict_fn: Predictor, images: np.ndarray, y_true: Sequ
     ``levels`` of ``degradation`` (an explorer starting image whose prediction can then be
     watched breaking); 0 if none is."""
     spec = EXPLORER_OPTIONS[degradation]
-    x = _as_float_tensor(np.asarray(images[:limit])).detach().cpu().float()
+    x = as_float_tensor(np.asarray(images[:limit])).detach().cpu().float()
     right = np.ones(len(x), bool)
     for level in levels:
         proba = np.asarray(predict_fn(spec.make(level)(x.clone()).numpy()))
@@ -151,7 +151,7 @@ class DegradationExplorer(CourseWidget):
                  true_class: str | None = None) -> None:
         if degradation not in EXPLORER_OPTIONS:
             raise KeyError(f"unknown degradation {degradation!r}; choose one of {', '.join(EXPLORER_OPTIONS)}")
-        t = _as_float_tensor(image).detach().cpu().float()
+        t = as_float_tensor(image).detach().cpu().float()
         self.image = t.reshape(-1, *t.shape[-2:])[:1]          # (1, H, W)
         self.predict_fn, self.classes, self.draw = predict_fn, list(classes), draw
         self.true_class = true_class

@@ -233,7 +233,7 @@ class MixWidget(CourseWidget):
                  focus_group: str | None = None, n: int | None = None, target: str = "race",
                  site_col: str = "site", finding_col: str = "no_finding", seed: int = 0,
                  draw: bool = True, n_boot: int = 200, group_label: str = SYNTHETIC_GROUP_LABEL) -> None:
-        import ipywidgets as W
+        from ipywidgets import Button, FloatSlider, HBox, HTML, Image, VBox
 
         if len(test) != len(proba):
             raise ValueError(f"{len(test)} test rows but {len(proba)} predictions")
@@ -246,23 +246,23 @@ class MixWidget(CourseWidget):
         natural = self.test.groupby(site_col)[target].apply(
             lambda s: float((s.astype(str) == self.focus).mean()))
         self.natural_values = {s: round(float(natural.get(s, 0.5)), 2) for s in sites}
-        self.sliders = {s: W.FloatSlider(value=self.natural_values[s], min=0.0, max=1.0,
-                                         step=0.05, description=f"{s}: {self.focus}",
-                                         continuous_update=False) for s in sites}
+        self.sliders = {s: FloatSlider(value=self.natural_values[s], min=0.0, max=1.0,
+                                       step=0.05, description=f"{s}: {self.focus}",
+                                       continuous_update=False) for s in sites}
         self.natural_prevalence = round(float(_any_finding(self.test, finding_col).mean()), 2)
-        self.prevalence = W.FloatSlider(value=self.natural_prevalence, min=0.0, max=1.0, step=0.05,
-                                        description="findings", continuous_update=False)
-        self.reset = W.Button(description="real test mix")
-        self.figure = W.Image(format="png")
-        self.summary = W.HTML()
+        self.prevalence = FloatSlider(value=self.natural_prevalence, min=0.0, max=1.0, step=0.05,
+                                      description="findings", continuous_update=False)
+        self.reset = Button(description="real test mix")
+        self.figure = Image(format="png")
+        self.summary = HTML()
         self.natural = True
         for w in [*self.sliders.values(), self.prevalence]:
             w.observe(self.update, names="value")
         self.reset.on_click(self.show_natural)
-        controls = W.VBox([W.HTML(f"<b>Share of group {self.focus} at each site</b>"),
-                           *self.sliders.values(), W.HTML("<b>Finding prevalence</b>"),
-                           self.prevalence, self.reset])
-        self.widget = W.HBox([controls, W.VBox([self.figure, self.summary])])
+        controls = VBox([HTML(f"<b>Share of group {self.focus} at each site</b>"),
+                         *self.sliders.values(), HTML("<b>Finding prevalence</b>"),
+                         self.prevalence, self.reset])
+        self.widget = HBox([controls, VBox([self.figure, self.summary])])
         self.table = pd.DataFrame()
         self.draw_info = MixDraw(np.zeros(0, int))
         self._recompute()
