@@ -56,7 +56,7 @@ FETCH_SIZE = 128
 
 
 # ----------------------------------------------------------------------------- NIH
-def nih_entries(n_images: int = NIH_IMAGES) -> pd.DataFrame:
+def nih_entries(n_images: int) -> pd.DataFrame:
     """The first Data_Entry rows, whole patients, up to ``n_images`` (torchxrayvision's copy).
 
     Raises RuntimeError when torchxrayvision (``pip install -e ".[real]"``) is not installed.
@@ -107,11 +107,13 @@ def write_nih_mirror(folder: Path, entries: pd.DataFrame, seed: int = 0,
     return hashlib.md5(archive).hexdigest()
 
 
-def build_nih_fixture(dest: Path | None = None, n_images: int = NIH_IMAGES,
+def build_nih_fixture(dest: Path | None = None, n_images: int | None = None,
                       seed: int = 0) -> Path:
-    """The NIH fixture fetched by :func:`data_fetch.sources.nih.fetch_nih` from 127.0.0.1."""
+    """The NIH fixture (``n_images``, default :data:`NIH_IMAGES`) fetched by
+    :func:`data_fetch.sources.nih.fetch_nih` from 127.0.0.1."""
     from data_fetch.sources import nih
 
+    n_images = NIH_IMAGES if n_images is None else n_images
     dest = Path(dest) if dest else data_root() / nih.NAME / FIXTURE_NAME
     if _is_built(dest):
         return dest
