@@ -250,6 +250,13 @@ def test_leaky_auc_check_names_the_mistake(leaky, message):
         checks.check_leaky_auc(leaky, ["train"], knn_auc, 0.71)
 
 
+def test_leaky_auc_check_accepts_a_leak_that_changes_nothing():
+    """Pixels that tell nothing (a course fixture) can give both splits the same score."""
+    checks.check_leaky_auc(0.5, ["train"], lambda split: 0.5, 0.5)
+    with pytest.raises(checks.CheckFailed, match="equals patient_auc"):
+        checks.check_leaky_auc(0.5, ["train"], lambda split: 0.6, 0.5)
+
+
 # ----------------------------------------------------------------------------- exercise cells
 def _exercise_cells(path: Path) -> dict[str, str]:
     cells = json.loads(path.read_text())["cells"]
