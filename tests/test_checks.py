@@ -108,6 +108,20 @@ def test_auc_table_accepts_the_hinted_answer_and_another_correct_bootstrap(cohor
     assert capsys.readouterr().out.count("✔") == 2
 
 
+def test_auc_table_with_a_class_absent_from_the_test_rows(cohort, capsys):
+    """A class with no test positives (two Asian patients on COVID-19-AR) has no AUC: its row
+    may be NaN, and the other classes are still checked."""
+    y, P, patients, _answers = cohort
+    keep = y != 2
+    library = metrics.auc_table(y[keep], P[keep], CLASSES, groups=patients[keep], n_boot=200, seed=5)
+    assert library["auc"].isna().iloc[2]
+    checks.check_auc_table(library, y[keep], P[keep], patients[keep], CLASSES)
+    assert "no AUC" in capsys.readouterr().out
+    wrong = library.assign(auc=1 - library["auc"])
+    with pytest.raises(checks.CheckFailed):
+        checks.check_auc_table(wrong, y[keep], P[keep], patients[keep], CLASSES)
+
+
 def _wrong_table(wrong, y, P, answers):
     right = answers["right"]
     return {

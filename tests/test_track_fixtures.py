@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -89,6 +90,18 @@ def test_rebuild_reuses_and_chapter7_never_takes_it_for_real(built, monkeypatch)
     assert len(calls) == before
     monkeypatch.setenv("CXRLAB_DATA", str(root))
     assert covid_fixture._real_dataset() is None
+    chapter7 = covid_fixture.build_fixture_dataset()             # newer, but not the course's
+    assert read_card(chapter7)["fixture"] and covid_fixture._real_dataset() is None
+    assert session_mod.find_prepared("covid19_ar") == folders["covid19_ar"]
+    real = root / "covid19_ar" / "mine"
+    real.mkdir()
+    for name in ("manifest.csv", "manifest.json"):
+        text = (folders["covid19_ar"] / name).read_text()
+        (real / name).write_text(text.replace('"fixture"', '"not_a_fixture"'))
+    try:
+        assert session_mod.find_prepared("covid19_ar") == real      # real data comes first
+    finally:
+        shutil.rmtree(real)
     with pytest.raises(ValueError, match="no course fixture for 'mimic'"):
         tf.build_track_fixture("mimic")
 

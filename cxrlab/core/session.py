@@ -217,14 +217,25 @@ def _prepare_synthetic(preset: Preset, overrides: dict[str, Any], progress: bool
     return Path(synthetic.prepare(label=preset.name, progress=progress, **{**sizes, **overrides}))
 
 
+#: the course fixture every chapter runs on (cxrlab.coursetools.track_fixtures)
+COURSE_FIXTURE = "course-fixture"
+
+
+def _preference(folder: Path) -> tuple[bool, bool, float]:
+    """Real data first, then the course fixture, then other fixtures; newest first within each."""
+    fixture = bool(read_card(folder).get("fixture"))
+    return (not fixture, folder.name == COURSE_FIXTURE, (folder / "manifest.csv").stat().st_mtime)
+
+
 def find_prepared(source: str, dataset: str | None = None) -> Path:
-    """The folder of a prepared dataset of ``source``: ``dataset`` if named, else the newest.
+    """The folder of a prepared dataset of ``source``: ``dataset`` if named, else the newest
+    real one (a fixture only when there is none: the course fixture before chapter 7's).
 
     Raises ``FileNotFoundError`` with the ``python -m data_fetch`` command that prepares one.
     """
     root = data_root() / source
     candidates = sorted((p.parent for p in root.glob("*/manifest.csv")),
-                        key=lambda p: (p / "manifest.csv").stat().st_mtime, reverse=True)
+                        key=_preference, reverse=True)
     if dataset is not None:
         chosen = [p for p in candidates if p.name == dataset]
         if chosen:

@@ -30,6 +30,9 @@ from cxrlab.coursetools.loopback import serve_folder
 from data_fetch.paths import data_root
 
 FIXTURE_NAME = "offline-fixture"
+#: what a fixture's data card says under ``"fixture"`` (``Session.is_fixture`` reads it)
+FIXTURE_CARD_NOTE = ("course fixture: synthetic pixels in the source's real format, fetched "
+                     "through the real fetcher from 127.0.0.1; its numbers are not findings")
 ENV_VAR = "CXRLAB_OFFLINE_FIXTURE"
 #: patient group -> (self-reported race as TCIA writes it, patients, images per patient)
 FIXTURE_PATIENTS = (("White", 8, 1), ("Black or African American", 8, 1), ("Asian", 1, 2),
@@ -150,7 +153,20 @@ def build_fixture_dataset(dest: Path | None = None, seed: int = 0,
                                         clinical=f"{base}/clinical.csv", mirror=base,
                                         size=size, progress=False, retries=0, backoff=0,
                                         workers=1)
-    return dest
+    return mark_fixture(dest)
+
+
+def mark_fixture(dest: Path) -> Path:
+    """Add :data:`FIXTURE_CARD_NOTE` to the data card the fetcher wrote (atomically)."""
+    import json
+
+    from data_fetch.paths import atomic_write_text
+
+    path = Path(dest) / "manifest.json"
+    card = json.loads(path.read_text())
+    card["fixture"] = FIXTURE_CARD_NOTE
+    atomic_write_text(path, json.dumps(card, indent=2))
+    return Path(dest)
 
 
 # ----------------------------------------------------------------------------- weights

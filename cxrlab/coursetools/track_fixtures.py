@@ -38,12 +38,12 @@ from PIL import Image
 
 from cxrlab.coursetools import covid_fixture
 from cxrlab.coursetools.loopback import serve_folder
-from data_fetch.paths import atomic_write_text, data_root
+from cxrlab.core.session import COURSE_FIXTURE
+from data_fetch.paths import data_root
 
-FIXTURE_NAME = "course-fixture"
+FIXTURE_NAME = COURSE_FIXTURE
 #: the sentence the data card carries (and ``Session.is_fixture`` reads)
-FIXTURE_NOTE = ("course fixture: synthetic pixels in the source's real format, fetched through "
-                "the real fetcher from 127.0.0.1; its numbers are not findings")
+FIXTURE_NOTE = covid_fixture.FIXTURE_CARD_NOTE
 TRACKS = ("nih", "covid19_ar")
 #: NIH images in the fixture (whole patients, in the Data_Entry table's order)
 NIH_IMAGES = 600
@@ -158,13 +158,7 @@ def _is_built(dest: Path) -> bool:
         is_fixture_card(json.loads(card.read_text()))
 
 
-def _mark_fixture(dest: Path) -> Path:
-    """Add the fixture sentence to the data card the fetcher wrote (atomically)."""
-    path = dest / "manifest.json"
-    card = json.loads(path.read_text())
-    card["fixture"] = FIXTURE_NOTE
-    atomic_write_text(path, json.dumps(card, indent=2))
-    return dest
+_mark_fixture = covid_fixture.mark_fixture
 
 
 def main(argv: list[str] | None = None) -> int:

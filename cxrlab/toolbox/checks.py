@@ -264,7 +264,8 @@ def bootstrap_by_hand(y: np.ndarray, P: np.ndarray, units: np.ndarray | None, n_
     return out
 
 
-def _auc_table_floats(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+def _auc_table_floats(table: pd.DataFrame, classes: Sequence[str],
+                      allow_nan: bool = False) -> pd.DataFrame:
     """The learner's table as plain floats, one row per class in ``classes`` order."""
     require(isinstance(table, pd.DataFrame), f"expected a DataFrame, got {type(table).__name__}")
     missing = [c for c in AUC_COLUMNS if c not in table.columns]
@@ -275,7 +276,7 @@ def _auc_table_floats(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFra
         values = table[list(AUC_COLUMNS[1:])].astype(float).reset_index(drop=True)
     except (TypeError, ValueError) as err:
         raise CheckFailed(f"auc, ci_low and ci_high must be numbers ({err})") from None
-    require(bool(values.notna().all().all()), "some values are NaN: does every class occur in the test "
+    require(allow_nan or bool(values.notna().all().all()), "some values are NaN: does every class occur in the test "
             "split, and did you skip resamples that hold only one class?")
     return values
 
@@ -338,6 +339,18 @@ def check_auc_table(table: pd.DataFrame, y: np.ndarray, P: np.ndarray, patients:
     from sklearn.metrics import roc_auc_score
 
     y, P, patients = np.asarray(y), np.asarray(P, dtype=float), np.asarray(patients)
+    defined = [j for j in range(len(classes)) if 0 < int(np.sum(y == j)) < len(y)]
+    if 0 < len(defined) < len(classes):       # a class without test positives has no AUC
+        _auc_table_floats(table, classes, allow_nan=True)
+        names = [str(classes[j]) for j in defined]
+        undefined = [str(c) for j, c in enumerate(classes) if j not in defined]
+        print(f"{', '.join(undefined)}: no positives (or no negatives) in these rows, so no AUC; "
+              "the other classes are checked")
+        remap = np.full(max(int(y.max()), len(classes)) + 1, -1)
+        remap[defined] = np.arange(len(defined))
+        rows = table[table["class"].astype(str).isin(names)].reset_index(drop=True)
+        kept_y = np.where(y >= 0, remap[np.clip(y, 0, None)], -1)
+        return check_auc_table(rows, kept_y, P[:, defined], patients, names, n_boot, seed)
     values = _auc_table_floats(table, classes)
     truth = np.array([roc_auc_score(y == j, P[:, j]) for j in range(len(classes))])
     _check_point_estimates(values["auc"].to_numpy(), truth, classes)
