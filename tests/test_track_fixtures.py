@@ -118,6 +118,7 @@ def test_sessions_say_what_each_track_lacks(built, monkeypatch, capsys, fake_dat
     C = cxrlab.setup("covid19_ar", "demo", progress=False)
     assert C.missing("race") is None and "one site" in C.missing("sites")
     assert "no body-mass index" in C.missing("bmi") and C.missing("race", "bmi") == C.missing("bmi")
+    assert C.missing("sites", "bmi") == f"{C.missing('sites')}; {C.missing('bmi')}"
     with pytest.raises(ValueError, match="unknown need"):
         C.missing("height")
     F = cxrlab.setup("synthetic", "demo", data_dir=fake_dataset, progress=False)

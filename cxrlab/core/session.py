@@ -122,18 +122,17 @@ class Session:
         return bool(self.card.get("fixture"))
 
     def missing(self, *needs: str) -> str | None:
-        """Why this dataset cannot serve a section that needs ``needs``, or None if it can.
+        """Why this dataset cannot serve a section that needs ``needs`` (every reason, joined
+        by "; "), or None if it can.
 
         Needs (:data:`NEEDS`): ``race`` (two or more self-reported race classes), ``sites``
         (two or more acquisition sites), ``bmi`` (recorded body-mass index).
         """
-        for need in needs:
-            if need not in NEEDS:
-                raise ValueError(f"unknown need {need!r}; choose from {', '.join(NEEDS)}")
-            reason = NEEDS[need](self)
-            if reason:
-                return reason
-        return None
+        unknown = [need for need in needs if need not in NEEDS]
+        if unknown:
+            raise ValueError(f"unknown need {unknown[0]!r}; choose from {', '.join(NEEDS)}")
+        reasons = [reason for need in needs if (reason := NEEDS[need](self))]
+        return "; ".join(reasons) if reasons else None
 
     def can_run(self, *needs: str, section: str = "This section") -> bool:
         """Whether this dataset has what a section ``needs``; if not, print one sentence saying
