@@ -8,7 +8,7 @@ export CXRLAB_TEST_DATA ?= $(CURDIR)/$(BUILD)/test-data
 # the synthetic CT renderer's projection cache, built once and shared by every test and kernel
 export CXRLAB_ANATOMY_CACHE ?= $(CURDIR)/$(BUILD)/anatomy-cache
 
-.PHONY: setup course test test-fast test-unit test-notebooks chapters grade bench clean
+.PHONY: setup course test test-fast test-unit test-notebooks test-tracks chapters grade bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,20 @@ test-unit:
 test-notebooks:
 	CXRLAB_PRESET=demo CXRLAB_DATA=$(CXRLAB_TEST_DATA) $(PY) -m pytest -p no:cacheprovider \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 solutions chapters
+
+# Every chapter (solutions/) on each open track's course fixture: synthetic pixels in the source's
+# real format, fetched through the real fetcher from 127.0.0.1 (cxrlab/coursetools/track_fixtures.py).
+# nbval keeps executed notebooks in memory: nothing a kernel showed is written to disk.
+TRACKS ?= nih covid19_ar
+TRACK_NOTEBOOKS ?= solutions      # or some notebooks: TRACK_NOTEBOOKS="solutions/ch01_data.ipynb"
+test-tracks:  ## every chapter on the nih and covid19_ar course fixtures (offline, loopback-built)
+	CXRLAB_DATA=$(CXRLAB_TEST_DATA) $(PY) -m cxrlab.coursetools.track_fixtures $(TRACKS)
+	@for track in $(TRACKS); do \
+	  echo "== chapters on the $$track course fixture"; \
+	  CXRLAB_SOURCE=$$track CXRLAB_PRESET=demo CXRLAB_DATA=$(CXRLAB_TEST_DATA) $(PY) -m pytest \
+	    -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=900 $(TRACK_NOTEBOOKS) \
+	    || exit 1; \
+	done
 
 chapters:  ## regenerate chapters/ (learner copies) from solutions/
 	$(PY) -m cxrlab.authoring generate

@@ -43,6 +43,16 @@ def isolated_data_folder(tmp_path_factory, monkeypatch) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def strict_claims(monkeypatch) -> None:
+    """Each test starts with no real source or fixture loaded, so text claims are strict
+    (``cxrlab.core.session.claims_advisory``; files share a process under xdist)."""
+    from cxrlab.core import session
+
+    monkeypatch.setattr(session, "_LOADED", {})
+    monkeypatch.delenv("CXRLAB_CLAIMS", raising=False)
+
+
 @pytest.fixture
 def fake_dataset(isolated_data_folder: Path) -> Path:
     """A tiny prepared synthetic-style dataset (48 PNGs of 24 patients) under the data folder."""

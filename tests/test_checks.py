@@ -108,6 +108,20 @@ def test_auc_table_accepts_the_hinted_answer_and_another_correct_bootstrap(cohor
     assert capsys.readouterr().out.count("✔") == 2
 
 
+def test_auc_table_with_a_class_absent_from_the_test_rows(cohort, capsys):
+    """A class with no test positives (two Asian patients on COVID-19-AR) has no AUC: its row
+    may be NaN, and the other classes are still checked."""
+    y, P, patients, _answers = cohort
+    keep = y != 2
+    library = metrics.auc_table(y[keep], P[keep], CLASSES, groups=patients[keep], n_boot=200, seed=5)
+    assert library["auc"].isna().iloc[2]
+    checks.check_auc_table(library, y[keep], P[keep], patients[keep], CLASSES)
+    assert "no AUC" in capsys.readouterr().out
+    wrong = library.assign(auc=1 - library["auc"])
+    with pytest.raises(checks.CheckFailed):
+        checks.check_auc_table(wrong, y[keep], P[keep], patients[keep], CLASSES)
+
+
 def _wrong_table(wrong, y, P, answers):
     right = answers["right"]
     return {
@@ -248,6 +262,13 @@ def test_leaky_auc_check_names_the_mistake(leaky, message):
     checks.check_leaky_auc(0.83, ["train"], knn_auc, 0.71)
     with pytest.raises(checks.CheckFailed, match=re.escape(message)):
         checks.check_leaky_auc(leaky, ["train"], knn_auc, 0.71)
+
+
+def test_leaky_auc_check_accepts_a_leak_that_changes_nothing():
+    """Pixels that tell nothing (a course fixture) can give both splits the same score."""
+    checks.check_leaky_auc(0.5, ["train"], lambda split: 0.5, 0.5)
+    with pytest.raises(checks.CheckFailed, match="equals patient_auc"):
+        checks.check_leaky_auc(0.5, ["train"], lambda split: 0.6, 0.5)
 
 
 # ----------------------------------------------------------------------------- exercise cells

@@ -160,3 +160,20 @@ def test_forward_batches_follow_the_pixel_budget(trained, monkeypatch, method):
     finally:
         hook.remove()
     assert maps.shape == (len(x), *x.shape[-2:]) and max(sizes) <= 4
+
+
+def test_one_logit_binary_model_maps_both_classes():
+    """A binary model with one output (sex on NIH): class 1 is the logit, class 0 its negative."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 1))
+    x = torch.rand(4, 1, SIZE, SIZE)
+    weights = model[1].weight.detach().view(SIZE, SIZE).numpy()
+    for target in (0, 1):                                  # |d logit / d pixel| either way
+        assert np.allclose(S.attribute(model, x, target=target)[0], np.abs(weights), atol=1e-6)
+    ig = {t: S.attribute(model, x, target=t, method="integrated_gradients", absolute=False)
+          for t in (0, 1)}
+    assert np.allclose(ig[1][0], x[0, 0].numpy() * weights, atol=1e-4)
+    assert np.allclose(ig[0], -ig[1], atol=1e-6)           # class 0 is the negative logit
+    assert S.attribute(model, x, target=[0, 1, 0, 1]).shape == (4, SIZE, SIZE)
+    with pytest.raises(ValueError, match="binary"):
+        S.attribute(model, x, target=2)

@@ -115,15 +115,73 @@ class Session:
         """
         return self.target(target).values(self.manifest, self.classes, self.finding_columns)
 
+    @property
+    def is_fixture(self) -> bool:
+        """True for a course fixture (synthetic pixels in a real source's format): its numbers
+        are not findings (:mod:`cxrlab.coursetools.track_fixtures`)."""
+        return bool(self.card.get("fixture"))
+
+    def missing(self, *needs: str) -> str | None:
+        """Why this dataset cannot serve a section that needs ``needs`` (every reason, joined
+        by "; "), or None if it can.
+
+        Needs (:data:`NEEDS`): ``race`` (two or more self-reported race classes), ``sites``
+        (two or more acquisition sites), ``bmi`` (recorded body-mass index).
+        """
+        unknown = [need for need in needs if need not in NEEDS]
+        if unknown:
+            raise ValueError(f"unknown need {unknown[0]!r}; choose from {', '.join(NEEDS)}")
+        reasons = [reason for need in needs if (reason := NEEDS[need](self))]
+        return "; ".join(reasons) if reasons else None
+
+    def can_run(self, *needs: str, section: str = "This section") -> bool:
+        """Whether this dataset has what a section ``needs``; if not, print one sentence saying
+        why it is skipped here and return False (``if S.can_run("sites"): ...``)."""
+        reason = self.missing(*needs)
+        if reason is None:
+            return True
+        print(f"{section} is skipped on {self.source}: {reason}.")
+        return False
+
     def describe(self) -> str:
         """The one-line "what runs where" note."""
         p = self.preset
+        fixture = " | FIXTURE: synthetic pixels, numbers are not findings" if self.is_fixture else ""
         return (f"{self.source} ({self.dataset}) | preset {p.name}: {p.image_size} px, "
                 f"{p.model}, up to {p.epochs} epochs | {len(self.manifest)} images of "
-                f"{self.manifest['patient_id'].nunique()} patients | device {self.device}")
+                f"{self.manifest['patient_id'].nunique()} patients | device {self.device}"
+                f"{fixture}")
 
     def __repr__(self) -> str:
         return f"Session({self.describe()})"
+
+
+def _title(session: Session) -> str:
+    return str(session.card.get("title") or session.source)
+
+
+def _lacks_race(session: Session) -> str | None:
+    if len(session.classes) >= 2:
+        return None
+    return f"{_title(session)} records no self-reported race"
+
+
+def _lacks_sites(session: Session) -> str | None:
+    sites = session.manifest["site"].dropna().unique()
+    if len(sites) >= 2:
+        return None
+    where = f" ({sites[0]})" if len(sites) else ""
+    return f"all of {_title(session)} comes from one site{where}, so there is no site to tell apart"
+
+
+def _lacks_bmi(session: Session) -> str | None:
+    if pd.to_numeric(session.manifest["bmi"], errors="coerce").notna().any():
+        return None
+    return f"{_title(session)} records no body-mass index"
+
+
+#: what a chapter section can need, and the check that says why a dataset lacks it
+NEEDS = {"race": _lacks_race, "sites": _lacks_sites, "bmi": _lacks_bmi}
 
 
 def _unknown_target(target: str, findings: list[str]) -> str:
@@ -158,14 +216,25 @@ def _prepare_synthetic(preset: Preset, overrides: dict[str, Any], progress: bool
     return Path(synthetic.prepare(label=preset.name, progress=progress, **{**sizes, **overrides}))
 
 
+#: the course fixture every chapter runs on (cxrlab.coursetools.track_fixtures)
+COURSE_FIXTURE = "course-fixture"
+
+
+def _preference(folder: Path) -> tuple[bool, bool, float]:
+    """Real data first, then the course fixture, then other fixtures; newest first within each."""
+    fixture = bool(read_card(folder).get("fixture"))
+    return (not fixture, folder.name == COURSE_FIXTURE, (folder / "manifest.csv").stat().st_mtime)
+
+
 def find_prepared(source: str, dataset: str | None = None) -> Path:
-    """The folder of a prepared dataset of ``source``: ``dataset`` if named, else the newest.
+    """The folder of a prepared dataset of ``source``: ``dataset`` if named, else the newest
+    real one (a fixture only when there is none: the course fixture before chapter 7's).
 
     Raises ``FileNotFoundError`` with the ``python -m data_fetch`` command that prepares one.
     """
     root = data_root() / source
     candidates = sorted((p.parent for p in root.glob("*/manifest.csv")),
-                        key=lambda p: (p / "manifest.csv").stat().st_mtime, reverse=True)
+                        key=_preference, reverse=True)
     if dataset is not None:
         chosen = [p for p in candidates if p.name == dataset]
         if chosen:
@@ -207,6 +276,25 @@ def _race_classes(manifest: pd.DataFrame) -> list[str]:
     return sorted(str(v) for v in manifest["race"].dropna().unique())
 
 
+#: sources loaded in this process other than the synthetic cohort (see :func:`claims_advisory`)
+_LOADED: dict[str, bool] = {}
+
+
+def claims_advisory() -> str | None:
+    """Why the text's claims only warn in this kernel, or None when they are strict.
+
+    The chapters' "What to see" sentences were written for the synthetic cohort's defaults.
+    Once a kernel has loaded a fixture (synthetic pixels: its numbers are not findings) or a
+    real source (other data, other numbers), a claim the numbers do not bear out is printed as
+    a warning (:func:`cxrlab.toolbox.checks.claim`) instead of stopping the notebook.
+    """
+    if any(_LOADED.values()):
+        return "a course fixture was loaded, and its numbers are not findings"
+    if _LOADED:
+        return f"real data ({', '.join(sorted(_LOADED))}) was loaded, not the cohort the text describes"
+    return None
+
+
 def setup(
     source: str = "synthetic",
     preset: str = "demo",
@@ -216,6 +304,8 @@ def setup(
     data_dir: str | Path | None = None,
     dataset: str | None = None,
     progress: bool = True,
+    needs: tuple[str, ...] | list[str] = (),
+    fallback: str | None = None,
     **synthetic_overrides: Any,
 ) -> Session:
     """Start a course session.
@@ -229,6 +319,10 @@ def setup(
         data_dir: use this prepared folder (holding ``manifest.csv``) instead of preparing one.
         dataset: for a real source, the name of a prepared dataset under
             ``data_root()/<source>/`` (default: the newest).
+        needs: what the chapter cannot do without (:data:`NEEDS`: ``race``, ``sites``,
+            ``bmi``); when the chosen data lacks one, one sentence says so and ``fallback``
+            (e.g. ``"synthetic"``) is set up instead; without ``fallback`` the sentence is
+            printed and the session returned as it is.
         **synthetic_overrides: knobs of the synthetic cohort (see its data card), passed to
             ``data_fetch.synthetic.prepare``.
 
@@ -236,10 +330,27 @@ def setup(
     """
     chosen = get_preset(preset)
     source = resolve_source(source, synthetic_knobs=bool(synthetic_overrides))
-    seed_everything(seed)
     if synthetic_overrides and source != "synthetic":
         raise ValueError(f"options {sorted(synthetic_overrides)} apply to the synthetic source "
                          f"only, not {source!r}")
+    session = _start(source, chosen, seed, device, data_dir, dataset, progress,
+                     synthetic_overrides)
+    reason = session.missing(*needs)
+    if reason is None:
+        return session
+    if fallback is None or fallback == source:
+        print(f"Some sections are skipped on {source}: {reason}.")
+        return session
+    print(f"This chapter needs what {source} lacks ({reason}): it runs on {fallback} instead.")
+    return _start(resolve_source(fallback, synthetic_knobs=True), chosen, seed, device, None,
+                  None, progress, {})
+
+
+def _start(source: str, chosen: Preset, seed: int, device: str | None,
+           data_dir: str | Path | None, dataset: str | None, progress: bool,
+           synthetic_overrides: dict[str, Any]) -> Session:
+    """Seed, prepare or find the data, build the image cache and print what runs where."""
+    seed_everything(seed)
     if data_dir is not None:
         folder = Path(data_dir)
     elif source == "synthetic":
@@ -258,5 +369,7 @@ def setup(
     session = Session(manifest=manifest, images=images, classes=_race_classes(manifest),
                       device=str(pick_device(device)), preset=chosen, source=source,
                       seed=int(seed), data_dir=folder, card=card)
+    if source != "synthetic" or session.is_fixture:
+        _LOADED[source] = _LOADED.get(source, False) or session.is_fixture
     print(session.describe())
     return session

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 from dataclasses import dataclass
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -29,9 +26,13 @@ import pandas as pd
 import torch
 
 from cxrlab.core import published
+from cxrlab.coursetools.loopback import serve_folder
 from data_fetch.paths import data_root
 
 FIXTURE_NAME = "offline-fixture"
+#: what a fixture's data card says under ``"fixture"`` (``Session.is_fixture`` reads it)
+FIXTURE_CARD_NOTE = ("course fixture: synthetic pixels in the source's real format, fetched "
+                     "through the real fetcher from 127.0.0.1; its numbers are not findings")
 ENV_VAR = "CXRLAB_OFFLINE_FIXTURE"
 #: patient group -> (self-reported race as TCIA writes it, patients, images per patient)
 FIXTURE_PATIENTS = (("White", 8, 1), ("Black or African American", 8, 1), ("Asian", 1, 2),
@@ -99,12 +100,17 @@ def make_dicom(patient: str, photometric: str = "MONOCHROME2", view: str = "AP",
     return buf.getvalue()
 
 
-def write_fixture_files(folder: Path, seed: int = 0) -> None:
-    """DICOMs under ``folder/idc-open-data/``, ``listing.csv`` and ``clinical.csv``."""
+def write_fixture_files(folder: Path, seed: int = 0,
+                        patients: tuple[tuple[str, int, int], ...] = FIXTURE_PATIENTS,
+                        size: int = 256) -> None:
+    """DICOMs under ``folder/idc-open-data/``, ``listing.csv`` and ``clinical.csv``.
+
+    ``patients``: (self-reported race as TCIA writes it, number of patients, images each).
+    """
     rng = np.random.default_rng(seed)
     rows, clinical = [], []
     number = 1000
-    for race, n_patients, per_patient in FIXTURE_PATIENTS:
+    for race, n_patients, per_patient in patients:
         for _ in range(n_patients):
             number += 1
             patient = f"COVID-19-AR-{number}"
@@ -112,7 +118,7 @@ def write_fixture_files(folder: Path, seed: int = 0) -> None:
             clinical.append({"PATIENT_ID": patient, "RACE": race, "SEX": sex,
                              "AGE": int(rng.integers(25, 90)), "ETHNICITY": "Not Hispanic"})
             for k in range(per_patient):
-                pixels = fake_radiograph(rng)
+                pixels = fake_radiograph(rng, size)
                 if number % 4 == 0:               # stored inverted, as MONOCHROME1 files are
                     rows.append((f"{patient}-{k}.dcm", make_dicom(
                         patient, "MONOCHROME1", pixels=(4095 - pixels).astype(np.uint16))))
@@ -130,12 +136,9 @@ def write_fixture_files(folder: Path, seed: int = 0) -> None:
     pd.DataFrame(clinical).to_csv(folder / "clinical.csv", index=False)
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep the notebook's output clean
-        pass
-
-
-def build_fixture_dataset(dest: Path | None = None, seed: int = 0) -> Path:
+def build_fixture_dataset(dest: Path | None = None, seed: int = 0,
+                          patients: tuple[tuple[str, int, int], ...] = FIXTURE_PATIENTS,
+                          size: int = 256) -> Path:
     """Fetch the fixture through :func:`data_fetch.sources.covid19_ar.fetch_covid19_ar` from a
     server on 127.0.0.1; returns the manifest folder (reused when it is already there)."""
     from data_fetch.sources import covid19_ar
@@ -144,19 +147,26 @@ def build_fixture_dataset(dest: Path | None = None, seed: int = 0) -> Path:
     if (dest / "manifest.csv").exists():
         return dest
     with TemporaryDirectory() as tmp:
-        write_fixture_files(Path(tmp), seed)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=tmp))
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        base = f"http://127.0.0.1:{server.server_address[1]}"
-        try:
+        write_fixture_files(Path(tmp), seed, patients, size=max(size, 64))
+        with serve_folder(tmp) as base:
             covid19_ar.fetch_covid19_ar(dest, listing=f"{base}/listing.csv",
                                         clinical=f"{base}/clinical.csv", mirror=base,
-                                        progress=False, retries=0, backoff=0)
-        finally:
-            server.shutdown()
-            server.server_close()
-    return dest
+                                        size=size, progress=False, retries=0, backoff=0,
+                                        workers=1)
+    return mark_fixture(dest)
+
+
+def mark_fixture(dest: Path) -> Path:
+    """Add :data:`FIXTURE_CARD_NOTE` to the data card the fetcher wrote (atomically)."""
+    import json
+
+    from data_fetch.paths import atomic_write_text
+
+    path = Path(dest) / "manifest.json"
+    card = json.loads(path.read_text())
+    card["fixture"] = FIXTURE_CARD_NOTE
+    atomic_write_text(path, json.dumps(card, indent=2))
+    return Path(dest)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -187,8 +197,11 @@ def build_fixture_weights(seed: int = 0) -> Path:
 def _real_dataset() -> Path | None:
     from cxrlab.core.session import find_prepared
 
+    from data_fetch.manifest import read_card
+
     root = data_root() / "covid19_ar"
-    real = [p.parent for p in root.glob("*/manifest.csv") if p.parent.name != FIXTURE_NAME]
+    real = [p.parent for p in root.glob("*/manifest.csv")       # fixtures are never real patients
+            if p.parent.name != FIXTURE_NAME and not read_card(p.parent).get("fixture")]
     return find_prepared("covid19_ar", max(real, key=lambda p: p.stat().st_mtime).name) if real else None
 
 

@@ -97,10 +97,20 @@ def attribute(model: nn.Module, images: np.ndarray | torch.Tensor, target: int |
     model.eval().to(device)
     maps = []
     try:
+        with torch.no_grad():
+            n_outputs = model(x_all[:1].to(device)).shape[-1]
+        # a binary model with one logit: class 1 is the logit, class 0 its negative
+        sign = (2.0 * tgt_all - 1.0).view(-1, 1, 1, 1) if n_outputs == 1 else None
+        if sign is not None:
+            if (tgt_all > 1).any():
+                raise ValueError("a model with one output is binary: targets must be 0 or 1")
+            tgt_all = torch.zeros_like(tgt_all)
         for start in range(0, len(x_all), batch_size):
             x = x_all[start:start + batch_size].to(device).requires_grad_(True)
             tgt = tgt_all[start:start + batch_size].to(device)
             att = _attribute_batch(model, x, tgt, method, n_steps, window, stride).detach()
+            if sign is not None:
+                att = att * sign[start:start + batch_size].to(att.device)
             maps.append((att.abs() if absolute else att)[:, 0].cpu().numpy())
     finally:
         model.train(was_training)
