@@ -32,6 +32,7 @@ axial rotation, resampled to the image size once per cohort. Then, per image:
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Mapping
 
 import numpy as np
@@ -75,6 +76,23 @@ def _resize_maps(maps: np.ndarray, n: int) -> np.ndarray:
     return out.reshape(*maps.shape[:2], n, n).astype(np.float32)
 
 
+@lru_cache(maxsize=64)
+def _gaussian_weights(sigma: float) -> np.ndarray:
+    """The 1-D kernel ``scipy.ndimage.gaussian_filter`` uses (truncated at 4 sd), reversed."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
+    return (phi / phi.sum())[::-1].copy()
+
+
+def _gaussian(img: np.ndarray, sigma: float, mode: str = "reflect") -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(img, sigma, mode=mode)`` for a 2-D image, with its kernel
+    cached (the same result; computing the kernel cost more than filtering a 64 px image)."""
+    weights = _gaussian_weights(float(sigma))
+    out = ndimage.correlate1d(img, weights, axis=0, mode=mode, origin=0)
+    return ndimage.correlate1d(out, weights, axis=1, mode=mode, origin=0)
+
+
 def _broad(img: np.ndarray, sigma_frac: float) -> np.ndarray:
     """A wide Gaussian blur (sd = ``sigma_frac`` of the width), done cheaply on a 16 px copy."""
     import torch
@@ -82,7 +100,7 @@ def _broad(img: np.ndarray, sigma_frac: float) -> np.ndarray:
 
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
     small = F.interpolate(t, size=(16, 16), mode="area")[0, 0].numpy()
-    small = ndimage.gaussian_filter(small, sigma_frac * 16, mode="nearest")
+    small = _gaussian(small, sigma_frac * 16, mode="nearest")
     big = F.interpolate(torch.from_numpy(small)[None, None], size=img.shape, mode="bilinear",
                         align_corners=False)
     return big[0, 0].numpy()
@@ -176,23 +194,29 @@ class CTRenderer(Renderer):
         patient = self._patient(row)
         coords = self._source_coords(row, patient["elastic"])
         maps = self._view_maps(row)
-        m = self._sample(maps, coords)
+        texture = patient.get("texture")
+        if texture is not None and texture.shape == maps.shape[1:]:
+            # one resampling for the maps and the group pattern (the same coordinates)
+            both = self._sample(np.concatenate([maps, texture[None]]), coords)
+            m, tex = both[:-1], both[-1]
+        else:
+            m = self._sample(maps, coords)
+            tex = None if texture is None else self._sample(texture[None], coords)[0]
         heart = self._heart(row, maps, coords)
         atten = self._attenuation(row, m, heart, coords)
         atten = atten + self._findings(row, m, coords, srng)
-        if cfg.group_signal > 0:
-            atten = atten + self._group_signal(row, m, heart, patient, coords)
+        if tex is not None:
+            atten = atten + self._group_signal(row, m, heart, tex, patient["grain"])
         look = self.looks[int(row["site_index"])]
         img = self._expose(atten, row, look, srng)
         img = self._site_marks(img, look, row)
         mask = (m[self.gi["lung_len"]] > LUNG_MASK_CM).astype(np.uint8) * 255
         return img, mask
 
-    def _group_signal(self, row, m, heart, patient, coords) -> np.ndarray:
-        """The group pattern, anchored to the anatomy, plus the fine grain, as a faint
-        modulation of the attenuation of the structures in :data:`SIGNAL_MAPS` (cm
-        water-equivalent, added to the image's)."""
-        tex = self._sample(patient["texture"][None], coords)[0]
+    def _group_signal(self, row, m, heart, tex, grain) -> np.ndarray:
+        """The group pattern ``tex`` (resampled to the anatomy), as a faint modulation of the
+        attenuation of the structures in :data:`SIGNAL_MAPS`, plus the fine ``grain`` in those
+        of :data:`GRAIN_MAPS` (cm water-equivalent, added to the image's)."""
         g = self.gi
         parts = {"lung": float(row["lung_density"]) * m[g["lung"]], "heart": heart,
                  "bone": BONE_WEIGHT * float(row["bone"]) * m[g["bone"]], "lean": m[g["lean"]],
@@ -204,7 +228,7 @@ class CTRenderer(Renderer):
         # spread would raise its RMS (what the visibility criterion measures) more than it
         # helps a model find it
         return strength * (float(row["signal_amp"]) * tex * modulated
-                           + FINE_SHARE * patient["grain"] * grained)
+                           + FINE_SHARE * grain * grained)
 
     def _view_maps(self, row: Mapping[str, Any]) -> np.ndarray:
         """The maps of the study's view, interpolated to the patient's axial rotation."""
@@ -308,7 +332,7 @@ class CTRenderer(Renderer):
             # fluid layers behind the lung up to the surface: a few cm of water that whites
             # out the costophrenic angle and the hemidiaphragm, curving up the lateral wall
             out += depth * inside * (FLUID_CM + 0.5 * lung_len) * (1 - LUNG_DENSITY)
-        out = ndimage.gaussian_filter(out, 0.01 * n + 0.5)
+        out = _gaussian(out, 0.01 * n + 0.5)
         return out
 
     # ------------------------------------------------------------------ acquisition
@@ -323,13 +347,13 @@ class CTRenderer(Renderer):
         signal = signal * (1.0 + np.minimum(sd, 0.5) * srng.standard_normal(signal.shape))
         log = -np.log(np.maximum(signal, 1e-4))
         blur = look.blur * n / 256.0 + 0.3
-        smooth = ndimage.gaussian_filter(log, blur, mode="nearest")
+        smooth = _gaussian(log, blur, mode="nearest")
         # dynamic-range compression, as every radiograph's processing does: flatten the large
         # scale so lung detail and the mediastinum share the grey range
         broad = _broad(smooth, 0.1)
         smooth = smooth - DRC * (broad - broad.mean())
         if look.sharpen > 0:
-            coarse = ndimage.gaussian_filter(smooth, 4 * blur, mode="nearest")
+            coarse = _gaussian(smooth, 4 * blur, mode="nearest")
             smooth = smooth + look.sharpen * (smooth - coarse)
         lo = 0.6 + 2.0 * look.offset
         hi = lo + 2.6 * look.window
