@@ -14,7 +14,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from data_fetch.synthetic import SyntheticConfig, build_table, generate_cohort, make_renderer
+from data_fetch.synthetic import CT_SIGNAL, SyntheticConfig, build_table, generate_cohort, make_renderer
+
+
+def _knobs(anatomy: str) -> dict:
+    """The group-signal knobs a renderer is calibrated with (``CT_SIGNAL`` for the CT one)."""
+    return dict(CT_SIGNAL) if anatomy == "ct" else {}
 
 
 def rate(size: int, n_images: int, folder: Path, anatomy: str) -> tuple[float, float]:
@@ -22,7 +27,8 @@ def rate(size: int, n_images: int, folder: Path, anatomy: str) -> tuple[float, f
 
     CPU time, not wall time, so the figure means "one core" even on a busy machine.
     """
-    cfg = SyntheticConfig(n_patients=max(4, n_images // 2), image_size=size, anatomy=anatomy)
+    cfg = SyntheticConfig(n_patients=max(4, n_images // 2), image_size=size, anatomy=anatomy,
+                          **_knobs(anatomy))
     rows = build_table(cfg).head(n_images).to_dict("records")
     renderer = make_renderer(cfg)
     t0 = time.process_time()
@@ -61,7 +67,8 @@ def main() -> None:
         if not args.skip_demo:
             t0, c0 = time.perf_counter(), time.process_time()
             df = generate_cohort(Path(tmp) / "demo",
-                                 SyntheticConfig(n_patients=800, image_size=64, anatomy=args.anatomy),
+                                 SyntheticConfig(n_patients=800, image_size=64, anatomy=args.anatomy,
+                                                 **_knobs(args.anatomy)),
                                  progress=False)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             print(f"\ndemo cohort: {len(df)} images, {cpu:.1f} s CPU, {wall:.1f} s wall")

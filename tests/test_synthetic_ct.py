@@ -192,3 +192,24 @@ def test_ct_group_pattern_is_the_same_anatomical_pattern_at_64_and_256_px():
     assert diffs[64].std() > 1.0, "the signal reaches the pixels"
     assert np.corrcoef(down.ravel(), diffs[64].ravel())[0, 1] > 0.8
 
+
+
+def test_fine_grain_is_oriented_by_group_and_lies_above_the_high_pass_radius():
+    """Group A's grain along the 45-degree diagonal of the spectrum, B's along 135, C's on both;
+    all of it above 0.85 of Nyquist, so high-pass d = 100 (0.89 of Nyquist) keeps most of it."""
+    from data_fetch.synthetic.compose import grain_filters
+
+    n = 64
+    f = np.fft.fftfreq(n) * n
+    fx, fy = np.meshgrid(f, f)
+    angle = np.degrees(np.arctan2(fy, fx)) % 180
+    radius = np.hypot(fx, fy) / (n / 2)
+    power = [amp**2 for amp in grain_filters(n)]
+    near45, near135 = np.abs(angle - 45) < 15, np.abs(angle - 135) < 15
+    share = [(p[near45].sum() / p.sum(), p[near135].sum() / p.sum()) for p in power]
+    assert share[0][0] > 0.8 and share[0][1] < 0.01
+    assert share[1][1] > 0.8 and share[1][0] < 0.01
+    assert 0.4 < share[2][0] < 0.6 and 0.4 < share[2][1] < 0.6
+    for p in power:
+        assert p[radius < 0.85].sum() / p.sum() < 0.05
+        assert p[radius > 0.89].sum() / p.sum() > 0.6

@@ -15,6 +15,10 @@ axial rotation, resampled to the image size once per cohort. Then, per image:
    smooth group pattern anchored to the anatomy: drawn once on a fixed grid in the CT's frame
    (:data:`SIGNAL_GRID`) and warped with the maps, so it is the same anatomical pattern at every
    image size and in every follow-up, and the quiet abdomen and soft tissue carry none of it;
+   plus a fine grain (a stand-in for the texture of bone and dense tissue) at the image's
+   finest scale (:data:`FINE_BAND`), in proportion to the path through the tissues of
+   :data:`GRAIN_MAPS`, whose orientation spectrum is the group's and whose phases are the
+   patient's, so the group is still in the image after a strong high-pass filter;
 4. Beer-Lambert transmission, scatter, quantum noise, detector blur, the log transform, the
    site's processing and tone curve, collimation and a laterality marker.
 
@@ -28,10 +32,12 @@ axial rotation, resampled to the image size once per cohort. Then, per image:
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Mapping
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import expit
 
 from data_fetch.synthetic import ct
 from data_fetch.synthetic.config import SyntheticConfig
@@ -47,6 +53,13 @@ SIGNAL_TISSUE = 0.1       # group_signal = 1: modulation sd of 10% of the modula
 SIGNAL_GRID = 64          # the group pattern is drawn on this grid in the CT's frame, whatever
 #                           the image size, so it is the same anatomical pattern at 64 and 256 px
 SIGNAL_MAPS = ("lung", "bone", "heart")   # the structures whose attenuation it modulates
+FINE_BAND = (0.88, 1.0)  # the fine grain's band (fractions of the image's Nyquist frequency):
+#                           what survives the paper's high-pass d = 100 (above 0.89 Nyquist)
+FINE_SHARE = 0.035        # the fine grain's sd relative to the smooth pattern's (both unit sd
+#                           textures, each times the attenuation of the structures it modulates)
+GRAIN_LOBE = 8            # sharpness of the grain's orientation lobe: cos^(2 x this)
+GRAIN_MAPS = ("lean", "fat", "heart", "abdomen", "bone")   # the grain's tissues: all but the
+#                           lungs, so it is strongest where quantum noise is too (dense paths)
 ELASTIC_SD = 0.045        # patient-specific elastic displacement (image half-widths)
 DRC = 0.5                 # dynamic-range compression of the log image (0 = none)
 VIEW_ZOOM = 0.88          # the image shows the central 88% of the CT's field (margin for warps)
@@ -63,6 +76,23 @@ def _resize_maps(maps: np.ndarray, n: int) -> np.ndarray:
     return out.reshape(*maps.shape[:2], n, n).astype(np.float32)
 
 
+@lru_cache(maxsize=64)
+def _gaussian_weights(sigma: float) -> np.ndarray:
+    """The 1-D kernel ``scipy.ndimage.gaussian_filter`` uses (truncated at 4 sd), reversed."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
+    return (phi / phi.sum())[::-1].copy()
+
+
+def _gaussian(img: np.ndarray, sigma: float, mode: str = "reflect") -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(img, sigma, mode=mode)`` for a 2-D image, with its kernel
+    cached (the same result; computing the kernel cost more than filtering a 64 px image)."""
+    weights = _gaussian_weights(float(sigma))
+    out = ndimage.correlate1d(img, weights, axis=0, mode=mode, origin=0)
+    return ndimage.correlate1d(out, weights, axis=1, mode=mode, origin=0)
+
+
 def _broad(img: np.ndarray, sigma_frac: float) -> np.ndarray:
     """A wide Gaussian blur (sd = ``sigma_frac`` of the width), done cheaply on a 16 px copy."""
     import torch
@@ -70,10 +100,39 @@ def _broad(img: np.ndarray, sigma_frac: float) -> np.ndarray:
 
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
     small = F.interpolate(t, size=(16, 16), mode="area")[0, 0].numpy()
-    small = ndimage.gaussian_filter(small, sigma_frac * 16, mode="nearest")
+    small = _gaussian(small, sigma_frac * 16, mode="nearest")
     big = F.interpolate(torch.from_numpy(small)[None, None], size=img.shape, mode="bilinear",
                         align_corners=False)
     return big[0, 0].numpy()
+
+
+def grain_filters(n: int) -> list[np.ndarray]:
+    """Each group's amplitude spectrum of the fine grain on an n x n image (unit-sd texture from
+    white noise): flat over the radial band :data:`FINE_BAND`, oriented along a diagonal of the
+    frequency plane (group A 45 degrees, B 135 degrees, C both at half power each).
+
+    Diagonals, because the image's borders, collimation edges and markers put their fine
+    structure along the axes; the grain there would be lost in them.
+
+    >>> [round(float(np.sqrt(np.mean(f ** 2))), 6) for f in grain_filters(32)]
+    [1.0, 1.0, 1.0]
+    """
+    f = np.fft.fftfreq(n) * n
+    fx, fy = np.meshgrid(f, f)
+    r = np.hypot(fx, fy)
+    nyq = n / 2.0
+    lo, hi = FINE_BAND[0] * nyq, FINE_BAND[1] * nyq
+    band = expit((r - lo) / 0.5) * expit((hi - r) / 0.5)
+    theta = np.arctan2(fy, fx)
+    lobes = [np.cos(theta - np.pi / 4) ** 2, np.cos(theta - 3 * np.pi / 4) ** 2]
+    lobes = [lobe ** GRAIN_LOBE for lobe in lobes]
+    shapes = [lobes[0], lobes[1], np.sqrt(0.5 * (lobes[0] ** 2 + lobes[1] ** 2))]
+    out = []
+    for shape in shapes:
+        amp = band * shape
+        amp[0, 0] = 0.0
+        out.append(amp / np.sqrt(np.mean(amp**2) + 1e-12))
+    return out
 
 
 class CTRenderer(Renderer):
@@ -88,6 +147,7 @@ class CTRenderer(Renderer):
         self._patient_cache: tuple[int, dict[str, np.ndarray]] | None = None
         # the group pattern's filters live on the fixed signal grid (see SIGNAL_GRID)
         self._pattern = Renderer(cfg.replace(image_size=SIGNAL_GRID, anatomy="drawn"))
+        self._grain_filters = grain_filters(cfg.image_size)
 
     # ------------------------------------------------------------------ per patient
     def _patient(self, row: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -103,6 +163,9 @@ class CTRenderer(Renderer):
         if cfg.group_signal > 0:
             prng = np.random.default_rng([cfg.seed, 7, key])
             out["texture"] = self._pattern.group_texture(int(row["group_index"]), prng, (0.0, 0.0))
+            grng = np.random.default_rng([cfg.seed, 19, key])
+            white = np.fft.fft2(grng.standard_normal((n, n)))
+            out["grain"] = np.fft.ifft2(white * self._grain_filters[int(row["group_index"])]).real
         self._patient_cache = (key, out)
         return out
 
@@ -131,29 +194,41 @@ class CTRenderer(Renderer):
         patient = self._patient(row)
         coords = self._source_coords(row, patient["elastic"])
         maps = self._view_maps(row)
-        m = self._sample(maps, coords)
+        texture = patient.get("texture")
+        if texture is not None and texture.shape == maps.shape[1:]:
+            # one resampling for the maps and the group pattern (the same coordinates)
+            both = self._sample(np.concatenate([maps, texture[None]]), coords)
+            m, tex = both[:-1], both[-1]
+        else:
+            m = self._sample(maps, coords)
+            tex = None if texture is None else self._sample(texture[None], coords)[0]
         heart = self._heart(row, maps, coords)
         atten = self._attenuation(row, m, heart, coords)
         atten = atten + self._findings(row, m, coords, srng)
-        if cfg.group_signal > 0:
-            atten = atten + self._group_signal(row, m, heart, patient["texture"], coords)
+        if tex is not None:
+            atten = atten + self._group_signal(row, m, heart, tex, patient["grain"])
         look = self.looks[int(row["site_index"])]
         img = self._expose(atten, row, look, srng)
         img = self._site_marks(img, look, row)
         mask = (m[self.gi["lung_len"]] > LUNG_MASK_CM).astype(np.uint8) * 255
         return img, mask
 
-    def _group_signal(self, row, m, heart, texture, coords) -> np.ndarray:
-        """The group pattern, anchored to the anatomy, as a faint modulation of the attenuation
-        of the structures in :data:`SIGNAL_MAPS` (cm water-equivalent, added to the image's)."""
-        tex = self._sample(texture[None], coords)[0]
+    def _group_signal(self, row, m, heart, tex, grain) -> np.ndarray:
+        """The group pattern ``tex`` (resampled to the anatomy), as a faint modulation of the
+        attenuation of the structures in :data:`SIGNAL_MAPS`, plus the fine ``grain`` in those
+        of :data:`GRAIN_MAPS` (cm water-equivalent, added to the image's)."""
         g = self.gi
         parts = {"lung": float(row["lung_density"]) * m[g["lung"]], "heart": heart,
                  "bone": BONE_WEIGHT * float(row["bone"]) * m[g["bone"]], "lean": m[g["lean"]],
                  "abdomen": m[g["abdomen"]], "fat": m[g["fat"]]}
         modulated = sum(parts[name] for name in SIGNAL_MAPS)
-        strength = self.cfg.group_signal * SIGNAL_TISSUE * float(row["signal_amp"])
-        return strength * tex * modulated
+        grained = sum(parts[name] for name in GRAIN_MAPS)
+        strength = self.cfg.group_signal * SIGNAL_TISSUE
+        # the pattern's strength varies by patient (signal_amp); the grain's does not: a
+        # spread would raise its RMS (what the visibility criterion measures) more than it
+        # helps a model find it
+        return strength * (float(row["signal_amp"]) * tex * modulated
+                           + FINE_SHARE * grain * grained)
 
     def _view_maps(self, row: Mapping[str, Any]) -> np.ndarray:
         """The maps of the study's view, interpolated to the patient's axial rotation."""
@@ -257,7 +332,7 @@ class CTRenderer(Renderer):
             # fluid layers behind the lung up to the surface: a few cm of water that whites
             # out the costophrenic angle and the hemidiaphragm, curving up the lateral wall
             out += depth * inside * (FLUID_CM + 0.5 * lung_len) * (1 - LUNG_DENSITY)
-        out = ndimage.gaussian_filter(out, 0.01 * n + 0.5)
+        out = _gaussian(out, 0.01 * n + 0.5)
         return out
 
     # ------------------------------------------------------------------ acquisition
@@ -272,13 +347,13 @@ class CTRenderer(Renderer):
         signal = signal * (1.0 + np.minimum(sd, 0.5) * srng.standard_normal(signal.shape))
         log = -np.log(np.maximum(signal, 1e-4))
         blur = look.blur * n / 256.0 + 0.3
-        smooth = ndimage.gaussian_filter(log, blur, mode="nearest")
+        smooth = _gaussian(log, blur, mode="nearest")
         # dynamic-range compression, as every radiograph's processing does: flatten the large
         # scale so lung detail and the mediastinum share the grey range
         broad = _broad(smooth, 0.1)
         smooth = smooth - DRC * (broad - broad.mean())
         if look.sharpen > 0:
-            coarse = ndimage.gaussian_filter(smooth, 4 * blur, mode="nearest")
+            coarse = _gaussian(smooth, 4 * blur, mode="nearest")
             smooth = smooth + look.sharpen * (smooth - coarse)
         lo = 0.6 + 2.0 * look.offset
         hi = lo + 2.6 * look.window

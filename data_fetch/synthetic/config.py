@@ -27,8 +27,9 @@ FINDINGS = ("cardiomegaly", "effusion", "opacity", "nodule")
 MAX_BAND = 1.5     # signal_band upper limit: the spectrum's corners are at sqrt(2) Nyquist
 # The group-signal knobs calibrated for anatomy="ct" (docs/synthetic_data_card.md, "Calibration
 # of the CT renderer"): one smooth pattern per group, 1-8 cycles per image (amplitude ~ 1/f,
-# so equal energy per octave): demo small CNN macro AUC 0.998-1.000 on training seeds 0-3,
-# worst visibility ratio 0.78 / 0.76 at 64 / 256 px. It does not survive high-pass d = 100. Use SyntheticConfig(anatomy="ct", **CT_SIGNAL).
+# so equal energy per octave), plus a fine grain at the image's finest scale (compose.FINE_BAND,
+# oriented by group, so the group survives high-pass d = 100). Use
+# SyntheticConfig(anatomy="ct", **CT_SIGNAL).
 CT_SIGNAL = {"group_signal": 2.6, "signal_band": (0.03, 0.25), "signal_slope": 1.0,
              "signal_knee": 1.45, "signal_shared": 1.0}
 

@@ -93,6 +93,7 @@ class Renderer:
         self.px = 2.0 / n                         # one pixel in normalised units
         self.edge = 0.6 * self.px
         self.looks = site_looks(cfg.n_sites, cfg.site_style)
+        self._collimated: dict[SiteLook, np.ndarray] = {}
         self._filters = self._group_filters()
         world = np.random.default_rng(WORLD_SEED)
         self._shared = [np.fft.fft2(world.standard_normal((n, n))) for _ in range(3)]
@@ -394,9 +395,12 @@ class Renderer:
 
     def _site_marks(self, img: np.ndarray, look: SiteLook, row) -> np.ndarray:
         """Collimation border and the burnt-in laterality marker; returns uint8."""
-        left, right, top, bottom = look.collimation
-        inside = (_soft(self.x + 1 - 2 * left, self.edge) * _soft(1 - 2 * right - self.x, self.edge)
-                  * _soft(self.y + 1 - 2 * top, self.edge) * _soft(1 - 2 * bottom - self.y, self.edge))
+        inside = self._collimated.get(look)
+        if inside is None:          # the field of one site, the same for all its images
+            left, right, top, bottom = look.collimation
+            inside = (_soft(self.x + 1 - 2 * left, self.edge) * _soft(1 - 2 * right - self.x, self.edge)
+                      * _soft(self.y + 1 - 2 * top, self.edge) * _soft(1 - 2 * bottom - self.y, self.edge))
+            self._collimated[look] = inside
         img = img * inside + look.border * (1 - inside)
         img = self._draw_marker(img, look, float(row["marker_jitter"]))
         return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
