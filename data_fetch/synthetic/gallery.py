@@ -7,13 +7,14 @@ True
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from data_fetch.synthetic.cohort import build_table, make_renderer
-from data_fetch.synthetic.config import FINDINGS, SyntheticConfig
+from data_fetch.synthetic.config import CT_SIGNAL, FINDINGS, SyntheticConfig
 
 
 def pick_examples(table: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -38,6 +39,20 @@ def _caption(row: pd.Series) -> str:
             f"{row['view']} | {row['site']} | {', '.join(found)}")
 
 
+def uses_calibrated_ct_signal(config: SyntheticConfig) -> bool:
+    """Whether ``config``'s group-signal knobs are the CT renderer's calibrated ``CT_SIGNAL``
+    (whose visibility the data card measures) or the signal is off.
+
+    >>> uses_calibrated_ct_signal(SyntheticConfig(anatomy="ct", **CT_SIGNAL))
+    True
+    >>> uses_calibrated_ct_signal(SyntheticConfig(anatomy="ct"))
+    False
+    """
+    if config.group_signal == 0:
+        return True
+    return all(getattr(config, knob) == value for knob, value in CT_SIGNAL.items())
+
+
 def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int = 12,
                  size: int = 224, columns: int = 4) -> Path:
     """Render ``n`` example studies at ``size`` px with captions into a PNG at ``path``."""
@@ -52,19 +67,22 @@ def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int
     picks = pick_examples(table, n)
     renderer = make_renderer(cfg)
     rows = int(np.ceil(len(picks) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, rows * 2.95), dpi=100)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, rows * 3.1), dpi=100)
     for ax in np.ravel(axes):
         ax.axis("off")
     for ax, (idx, row) in zip(np.ravel(axes), picks.iterrows()):
         img, _ = renderer.render(row.to_dict(), image_index=int(idx))
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
         ax.set_title(_caption(row), fontsize=7)
-    if cfg.anatomy == "ct":
+    if cfg.anatomy == "ct" and uses_calibrated_ct_signal(cfg):
         source = "composed from a real chest CT; the group signal is below natural variation"
+    elif cfg.anatomy == "ct":
+        source = ("composed from a real chest CT; these signal knobs are not the calibrated "
+                  "CT_SIGNAL, so the group texture may show")
     else:
         source = "drawn shapes; the group texture shows on close inspection"
-    fig.suptitle(f"Synthetic chest radiographs ({source}; groups A/B/C are abstract labels)",
-                 fontsize=9)
+    title = f"Synthetic chest radiographs ({source}; groups A/B/C are abstract labels)"
+    fig.suptitle(textwrap.fill(title, width=columns * 30), fontsize=9)   # fits a narrow figure
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
