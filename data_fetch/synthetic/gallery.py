@@ -75,7 +75,8 @@ def save_gallery(path: str | Path, config: SyntheticConfig | None = None, n: int
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
         ax.set_title(_caption(row), fontsize=7)
     if cfg.anatomy == "ct" and uses_calibrated_ct_signal(cfg):
-        source = "composed from a real chest CT; the group signal is below natural variation"
+        source = ("composed from a real chest CT; the group signal is within between-patient "
+                  "variation, yet visible beside the same study without it: see the data card")
     elif cfg.anatomy == "ct":
         source = ("composed from a real chest CT; these signal knobs are not the calibrated "
                   "CT_SIGNAL, so the group texture may show")
