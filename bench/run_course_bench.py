@@ -78,9 +78,11 @@ class PeakKernelMemory:
         """User + system CPU time of the kernel and its child processes, as last sampled.
 
         Every descendant is sampled on its own (its reaped children are not added again), so
-        forked cohort workers count once. Unlike wall time it hardly changes with what else the
-        machine is doing, so runs on a shared machine stay comparable; it misses at most the
-        last 0.2 s of each process.
+        forked cohort workers count once; it misses at most the last 0.2 s of each process.
+        It depends less on what else the machine does than wall time, but not little: when
+        the cores are oversubscribed, torch's OpenMP threads spin while they wait, and that
+        counts as CPU (the demo course read 1,408 CPU s at load 5-7 where a quieter run took
+        604). Compare runs made at the same load and thread count.
         """
         return sum(self._cpu_by_pid.values())
 
