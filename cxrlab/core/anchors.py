@@ -126,6 +126,16 @@ SEX_AGE_OPEN = {
     "age_mae_across_datasets": (6.0, 9.0), "citation": SEX_AGE_OPEN_CITATION,
 }
 
+#: The RIKEN age model's error as torchxrayvision documents it (``baseline_models.riken.AgeModel``:
+#: "The publication reports a mean absolute error (MAE) between the estimated age and
+#: chronological age of 3.67 years").
+RIKEN_AGE_MAE = {
+    "mae_years": 3.67,
+    "citation": ("Ieki H et al. Deep learning-based age estimation from chest X-rays indicates "
+                 "cardiovascular prognosis. Commun Med 2022;2:159, as quoted in torchxrayvision's "
+                 "AgeModel documentation"),
+}
+
 CITATIONS = {
     "TABLE3": GICHOYA2022, "TABLE3_EXTERNAL": GICHOYA2022,
     "CONFOUNDERS": CONFOUNDERS["citation"], "STRATIFIED": STRATIFIED["citation"],
@@ -133,7 +143,7 @@ CITATIONS = {
     "TILES": TILES["citation"], "UNDERDIAGNOSIS": SEYYED_KALANTARI2021,
     "GLOCKER2023": GLOCKER2023_CITATION, "BURNS2023": BURNS2023_CITATION,
     "LOTTER2024": LOTTER2024_CITATION, "DEGRAVE2021": DEGRAVE2021_CITATION,
-    "SEX_AGE_OPEN": SEX_AGE_OPEN_CITATION,
+    "SEX_AGE_OPEN": SEX_AGE_OPEN_CITATION, "RIKEN_AGE_MAE": RIKEN_AGE_MAE["citation"],
 }
 
 

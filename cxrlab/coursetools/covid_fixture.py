@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -170,25 +171,55 @@ def mark_fixture(dest: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- weights
-def fixture_weights_path() -> Path:
-    """Where the fixture's race checkpoint lives (apart from the real weights and their pins)."""
-    return published.weights_dir() / "fixture" / published.MODELS["race"].filename
+def fixture_weights_path(key: str = "race") -> Path:
+    """Where the fixture's ``key`` checkpoint lives (apart from the real weights and their pins)."""
+    return published.weights_dir() / "fixture" / published.MODELS[key].filename
 
 
-def build_fixture_weights(seed: int = 0) -> Path:
-    """A race checkpoint with the published layout (DataParallel ``module.`` keys, ResNet-34,
-    ``fc = Linear(512, 3) + LogSoftmax``) and seeded random weights."""
+class FixtureAgeNet(torch.nn.Module):
+    """A small random network standing in for the RIKEN age archive: the same interface
+    (``(N, 3, 320, 320)`` normalised images -> ``(N, 1)`` years), seeded random weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 7, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 50.0 + 20.0 * torch.tanh(self.head(self.features(x).flatten(1)))
+
+
+def _fixture_state(key: str) -> object:
+    """Seeded random weights in the published file layout of ``key``."""
     import torchvision
 
-    path = fixture_weights_path()
+    if key == "age":
+        return torch.jit.script(FixtureAgeNet().eval())
+    net = torchvision.models.resnet34(weights=None)
+    if key == "race":        # DataParallel ``module.`` keys, fc = Linear(512, 3) + LogSoftmax
+        net.fc = torch.nn.Sequential(torch.nn.Linear(512, 3), torch.nn.LogSoftmax(dim=1))
+        return {f"module.{k}": v for k, v in net.state_dict().items()}
+    net.fc = torch.nn.Linear(512, 2)          # sex: a Lightning checkpoint, ``model.`` keys
+    return {"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}
+
+
+def build_fixture_weights(seed: int = 0, key: str = "race") -> Path:
+    """A ``key`` checkpoint (``race``, ``sex`` or ``age``) with the published layout and seeded
+    random weights: race a DataParallel ResNet-34 state dict, sex a Lightning checkpoint of a
+    ResNet-34 (``state_dict`` with ``model.`` keys), age a TorchScript archive
+    (:class:`FixtureAgeNet`, far smaller than the published SE-ResNeXt)."""
+    path = fixture_weights_path(key)
     if path.exists():
         return path
     torch.manual_seed(seed)
-    net = torchvision.models.resnet34(weights=None)
-    net.fc = torch.nn.Sequential(torch.nn.Linear(512, 3), torch.nn.LogSoftmax(dim=1))
+    state = _fixture_state(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, tmp)
+    if key == "age":
+        state.save(str(tmp))
+    else:
+        torch.save(state, tmp)
     tmp.replace(path)
     return path
 
@@ -206,7 +237,7 @@ def _real_dataset() -> Path | None:
 
 
 def _fixture(why: str) -> Track:
-    model = published.load_published("race", path=build_fixture_weights())
+    model = published.load_published("race", path=build_fixture_weights(key="race"))
     return Track(build_fixture_dataset(), model, True, why)
 
 
@@ -222,3 +253,110 @@ def chapter_track() -> Track:
     except published.WeightsUnavailable as err:
         return _fixture(str(err))
     return Track(real, model, False, "real COVID-19-AR patients and the published weights")
+
+
+# ----------------------------------------------------------------------------- NIH: sex and age
+#: most NIH test images the published models score (whole patients, a fixed order): the real
+#: age model is a large network, slow on a CPU
+NIH_MAX_IMAGES = 400
+
+
+@dataclass
+class NihTrack:
+    """What chapter 7's NIH section runs on: an NIH session and the published sex and age models.
+
+    ``data_is_fixture``: the NIH course fixture (synthetic pixels), not a prepared real ``nih``
+    dataset; ``weights_are_fixture``: test-made checkpoints with the published layouts and
+    random weights, not the published weights.
+    """
+
+    session: Any
+    sex: published.Published
+    age: published.Published
+    data_is_fixture: bool
+    weights_are_fixture: bool
+    why: str
+
+    @property
+    def is_fixture(self) -> bool:
+        """True when either the pixels or the weights are a fixture: the numbers are not findings."""
+        return self.data_is_fixture or self.weights_are_fixture
+
+    @property
+    def note(self) -> str:
+        """One sentence saying what the numbers are."""
+        if not self.is_fixture:
+            return "real NIH patients, published sex and age weights"
+        what = " and ".join(w for w, f in (("random weights", self.weights_are_fixture),
+                                           ("synthetic pixels", self.data_is_fixture)) if f)
+        return f"FIXTURE: these numbers come from {what}; they test the code, they are not findings"
+
+
+def _real_nih() -> Path | None:
+    from data_fetch.manifest import read_card
+
+    root = data_root() / "nih"
+    real = [p.parent for p in root.glob("*/manifest.csv") if not read_card(p.parent).get("fixture")]
+    return max(real, key=lambda p: p.stat().st_mtime) if real else None
+
+
+def _sex_age_models() -> tuple[published.Published, published.Published, bool, str]:
+    """The published sex and age models, or test-made ones (offline, or not downloadable)."""
+    if not offline_only():
+        try:
+            return (published.load_published("sex"), published.load_published("age"), False,
+                    "published sex and age weights")
+        except published.WeightsUnavailable as err:
+            why = str(err)
+    else:
+        why = "CI / $CXRLAB_OFFLINE_FIXTURE is set: test-made sex and age checkpoints, no network used"
+    return (published.load_published("sex", path=build_fixture_weights(key="sex")),
+            published.load_published("age", path=build_fixture_weights(key="age")), True, why)
+
+
+def nih_track(preset: str = "demo", seed: int = 0, progress: bool = False) -> NihTrack:
+    """The NIH session (a prepared real ``nih`` dataset, else the NIH course fixture, built
+    through the real fetcher on 127.0.0.1) and the published sex and age models (downloaded
+    when allowed, else test-made checkpoints; always test-made in CI / offline).
+
+    The session is NIH whatever ``$CXRLAB_SOURCE`` says: this section is about NIH.
+    """
+    from cxrlab.core.presets import get_preset
+    from cxrlab.core.session import _start
+    from cxrlab.coursetools.track_fixtures import build_nih_fixture
+
+    real = _real_nih()
+    folder = real if real is not None else build_nih_fixture()
+    data_why = "a prepared real NIH dataset" if real is not None else \
+        "no prepared real nih dataset (python -m data_fetch nih): the NIH course fixture"
+    session = _start("nih", get_preset(preset), seed, None, folder, None, progress, {})
+    sex, age, weights_fixture, weights_why = _sex_age_models()
+    return NihTrack(session, sex, age, real is None, weights_fixture, f"{data_why}; {weights_why}")
+
+
+def nih_test_predictions(track: NihTrack, course_sex: Any,
+                         max_images: int = NIH_MAX_IMAGES) -> pd.DataFrame:
+    """Recorded sex and age beside the three models' predictions on the same NIH test images.
+
+    ``course_sex``: the course's own sex model (:func:`cxrlab.core.store.get_model` with
+    ``target="sex"``); its test images (``test_index``), capped at ``max_images`` whole
+    patients, are the rows scored. Columns: ``row, patient_id, sex, male, age, course_p_male,
+    published_p_male, published_age`` (``male``: 1 = M, 0 = F, the course's coding; the
+    published sex model's outputs are in its own order, Male then Female, and are read by name).
+    """
+    from cxrlab.core.session import cap_patients
+
+    manifest = track.session.manifest
+    test = manifest.iloc[course_sex.test_index].assign(
+        row=course_sex.test_index, course_p_male=np.asarray(course_sex.test_proba, float))
+    test = cap_patients(test, max_images)
+    sex_images = published.load_images(test, track.sex.spec.resolution)
+    p_male = track.sex.predict(sex_images)[:, track.sex.targets.index("Male")]
+    age_images = published.load_images(test, track.age.spec.resolution)
+    ages = track.age.predict(age_images)
+    return pd.DataFrame({
+        "row": test["row"].to_numpy(), "patient_id": test["patient_id"].to_numpy(),
+        "sex": test["sex"].to_numpy(), "male": test["sex"].map({"M": 1, "F": 0}).fillna(-1)
+        .astype(int).to_numpy(), "age": test["age"].astype(float).to_numpy(),
+        "course_p_male": test["course_p_male"].to_numpy(), "published_p_male": p_male,
+        "published_age": ages})
