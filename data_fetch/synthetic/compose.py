@@ -53,10 +53,16 @@ SIGNAL_TISSUE = 0.1       # group_signal = 1: modulation sd of 10% of the modula
 SIGNAL_GRID = 64          # the group pattern is drawn on this grid in the CT's frame, whatever
 #                           the image size, so it is the same anatomical pattern at 64 and 256 px
 SIGNAL_MAPS = ("lung", "bone", "heart")   # the structures whose attenuation it modulates
+PATH_CAP_CM = 3.0         # the modulated path saturates at this (cm water-equivalent): cap *
+#                           tanh(path / cap), so the heart and spine, the longest paths, carry
+#                           no more of the pattern than a lung does (no bright mediastinal patch)
+PATTERN_CAP = 2.0         # the unit-sd pattern saturates at this many sd (cap * tanh(x / cap)),
+#                           so no single patch of it stands out
 FINE_BAND = (0.88, 1.0)  # the fine grain's band (fractions of the image's Nyquist frequency):
 #                           what survives the paper's high-pass d = 100 (above 0.89 Nyquist)
-FINE_SHARE = 0.035        # the fine grain's sd relative to the smooth pattern's (both unit sd
-#                           textures, each times the attenuation of the structures it modulates)
+FINE_SHARE = 0.0182       # the fine grain's sd relative to the smooth pattern's unit (both unit
+#                           sd textures, each times the attenuation of the structures it
+#                           modulates); 0.035 x 2.6 / 5.0: the same grain as at group_signal 2.6
 GRAIN_LOBE = 8            # sharpness of the grain's orientation lobe: cos^(2 x this)
 GRAIN_MAPS = ("lean", "fat", "heart", "abdomen", "bone")   # the grain's tissues: all but the
 #                           lungs, so it is strongest where quantum noise is too (dense paths)
@@ -221,7 +227,8 @@ class CTRenderer(Renderer):
         parts = {"lung": float(row["lung_density"]) * m[g["lung"]], "heart": heart,
                  "bone": BONE_WEIGHT * float(row["bone"]) * m[g["bone"]], "lean": m[g["lean"]],
                  "abdomen": m[g["abdomen"]], "fat": m[g["fat"]]}
-        modulated = sum(parts[name] for name in SIGNAL_MAPS)
+        modulated = PATH_CAP_CM * np.tanh(sum(parts[name] for name in SIGNAL_MAPS) / PATH_CAP_CM)
+        tex = PATTERN_CAP * np.tanh(tex / PATTERN_CAP)
         grained = sum(parts[name] for name in GRAIN_MAPS)
         strength = self.cfg.group_signal * SIGNAL_TISSUE
         # the pattern's strength varies by patient (signal_amp); the grain's does not: a

@@ -29,9 +29,10 @@ MAX_BAND = 1.5     # signal_band upper limit: the spectrum's corners are at sqrt
 # of the CT renderer"): one smooth pattern per group, 1-8 cycles per image (amplitude ~ 1/f,
 # so equal energy per octave), plus a fine grain at the image's finest scale (compose.FINE_BAND,
 # oriented by group, so the group survives high-pass d = 100). Use
-# SyntheticConfig(anatomy="ct", **CT_SIGNAL).
-CT_SIGNAL = {"group_signal": 2.6, "signal_band": (0.03, 0.25), "signal_slope": 1.0,
-             "signal_knee": 1.45, "signal_shared": 1.0}
+# SyntheticConfig(anatomy="ct", **CT_SIGNAL). Generator version 4: the pattern is capped
+# (compose.PATH_CAP_CM, PATTERN_CAP) so no region piles it up, hence the larger group_signal.
+CT_SIGNAL = {"group_signal": 5.0, "signal_band": (0.03, 0.25), "signal_slope": 1.0,
+             "signal_knee": 1.45, "signal_shared": 1.0, "signal_spread": 0.1}
 
 
 def _knob(default: Any, doc: str, low: float | None = None, high: float | None = None,

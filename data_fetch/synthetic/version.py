@@ -6,4 +6,4 @@ folder name, so a bump makes every course regenerate its cohort).
 >>> GENERATOR_VERSION >= 1
 True
 """
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
