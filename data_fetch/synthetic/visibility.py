@@ -13,8 +13,9 @@ in every tile and band, its RMS is at most :data:`VISIBILITY_LIMIT` of the natur
 
 Passing is necessary, not sufficient: the criterion compares with *other* patients, while a
 viewer shown the same study with and without the signal compares a patient with itself. The
-CT renderer's ``CT_SIGNAL`` passes (worst ratio 0.91 at 64 px, 0.72 at 256 px) and was still
-picked out in 20 of 20 blinded same-study pairs at 256 px (the data card's blinded pair test).
+CT renderer's ``CT_SIGNAL`` passes (generator version 4: worst ratio 0.94 at 64 px, 0.61 at
+256 px; version 3: 0.91 / 0.72) and was still picked out in 20 of 20 blinded same-study pairs
+at 256 px in both versions (the data card's blinded pair test).
 
 >>> from data_fetch.synthetic.config import SyntheticConfig
 >>> report = visibility_report(SyntheticConfig(image_size=32, anatomy="drawn"), n_pairs=6)
