@@ -511,8 +511,9 @@ class Identity(Degradation):
 
 
 @dataclass(frozen=True, repr=False)
-class LowPass(Degradation):
-    """Transform form of :func:`low_pass`: keep Fourier radius <= ``d`` (224-px grid)."""
+class _RadiusFilter(Degradation):
+    """A Fourier filter with one cut-off radius ``d`` (224-px grid): the fields and their checks
+    that :class:`LowPass` and :class:`HighPass` share."""
 
     d: float
     reference_size: int | None = REFERENCE_SIZE
@@ -520,21 +521,19 @@ class LowPass(Degradation):
     def __post_init__(self) -> None:
         object.__setattr__(self, "d", _real("d", self.d))
         object.__setattr__(self, "reference_size", _reference(self.reference_size))
+
+
+@dataclass(frozen=True, repr=False)
+class LowPass(_RadiusFilter):
+    """Transform form of :func:`low_pass`: keep Fourier radius <= ``d`` (224-px grid)."""
 
     def __call__(self, x: Array) -> Array:
         return low_pass(x, self.d, self.reference_size)
 
 
 @dataclass(frozen=True, repr=False)
-class HighPass(Degradation):
+class HighPass(_RadiusFilter):
     """Transform form of :func:`high_pass`: remove Fourier radius <= ``d`` (224-px grid)."""
-
-    d: float
-    reference_size: int | None = REFERENCE_SIZE
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "d", _real("d", self.d))
-        object.__setattr__(self, "reference_size", _reference(self.reference_size))
 
     def __call__(self, x: Array) -> Array:
         return high_pass(x, self.d, self.reference_size)
