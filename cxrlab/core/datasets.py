@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
-from torchvision.transforms import v2
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -31,6 +30,8 @@ class Augmentation:
     """
 
     def __init__(self) -> None:
+        from torchvision.transforms import v2   # here, not at import: torchvision costs ~1 s to load
+
         self.affine = v2.RandomAffine(degrees=5, translate=(0.03, 0.03), scale=(0.95, 1.05),
                                       interpolation=v2.InterpolationMode.BILINEAR)
         self.jitter = v2.ColorJitter(brightness=0.1, contrast=0.1)

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 ARCHITECTURES = ("smallcnn", "resnet18", "resnet34", "densenet121")
@@ -76,6 +75,8 @@ class OneChannelNet(nn.Module):
 
 
 def _weights_enum(name: str):
+    import torchvision   # loaded on first use: it costs about 1 s at import
+
     return {"resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
             "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
             "densenet121": torchvision.models.DenseNet121_Weights.IMAGENET1K_V1}[name]
@@ -106,6 +107,8 @@ def _one_channel_conv(conv: nn.Conv2d, pretrained: bool) -> nn.Conv2d:
 
 
 def _torchvision_backbone(name: str, pretrained: bool) -> tuple[nn.Module, int, bool]:
+    import torchvision   # loaded on first use: it costs about 1 s at import
+
     net = getattr(torchvision.models, name)(weights=None)
     state = download_imagenet_weights(name) if pretrained else None
     if state is not None:
